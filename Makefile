@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine:
+#   make run    the main job (dataset statistics and figures for the small default)
+#   make test   the test suite
+# Both create .venv (Python 3.11, CPU build of torch) when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DATASET ?= perov_5
+
+.PHONY: run test lint
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m ipykernel install --prefix $(VENV) --name python3 > /dev/null
+	touch $@
+
+run: $(BIN)/.installed
+	mkdir -p runs
+	$(BIN)/papermill notebooks/02_datasets.ipynb runs/02_datasets_$(DATASET).ipynb -p dataset $(DATASET) -k python3
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check tvcsp tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check --fix tvcsp tests benchmarks
+	$(BIN)/ruff format tvcsp tests benchmarks

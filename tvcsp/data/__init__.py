@@ -1,0 +1,43 @@
+"""Benchmark datasets: registry, files and downloads, CIF parsing, processed cache, scalers, statistics."""
+
+from .crystals import CACHE_FORMAT_VERSION, CrystalTensors
+from .dataset import CrystalDataset, cache_dir, load_split, load_stats
+from .files import data_roots, download_file, git_blob_id, home_dir, locate_split, sha256_file
+from .parse import CrystalParseError, canonical_crystal, parse_csv_rows, read_rows
+from .registry import DATASETS, SPLITS, DatasetInfo, PaperSettings, SplitSource, custom_dataset, get_dataset
+from .scalers import Scalers, StandardScaler, fit_scalers, scaled_lattice
+from .stats import DatasetStats, compute_stats, mean_coordination, mean_graph_degree
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "DATASETS",
+    "SPLITS",
+    "CrystalDataset",
+    "CrystalParseError",
+    "CrystalTensors",
+    "DatasetInfo",
+    "DatasetStats",
+    "PaperSettings",
+    "Scalers",
+    "SplitSource",
+    "StandardScaler",
+    "cache_dir",
+    "canonical_crystal",
+    "compute_stats",
+    "custom_dataset",
+    "data_roots",
+    "download_file",
+    "fit_scalers",
+    "get_dataset",
+    "git_blob_id",
+    "home_dir",
+    "load_split",
+    "load_stats",
+    "locate_split",
+    "mean_coordination",
+    "mean_graph_degree",
+    "parse_csv_rows",
+    "read_rows",
+    "scaled_lattice",
+    "sha256_file",
+]
