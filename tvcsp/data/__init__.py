@@ -6,7 +6,7 @@ from .files import data_roots, download_file, git_blob_id, home_dir, locate_spli
 from .parse import CrystalParseError, canonical_crystal, parse_csv_rows, read_rows
 from .registry import DATASETS, SPLITS, DatasetInfo, PaperSettings, SplitSource, custom_dataset, get_dataset
 from .scalers import Scalers, StandardScaler, fit_scalers, scaled_lattice
-from .stats import DatasetStats, compute_stats, mean_coordination, mean_graph_degree
+from .stats import DatasetStats, compute_stats, edge_distances, mean_coordination, mean_graph_degree
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -27,6 +27,7 @@ __all__ = [
     "custom_dataset",
     "data_roots",
     "download_file",
+    "edge_distances",
     "fit_scalers",
     "get_dataset",
     "git_blob_id",

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..geometry import radius_graph_pbc
 from .crystals import CrystalTensors
 
-__all__ = ["DatasetStats", "compute_stats", "mean_coordination", "mean_graph_degree"]
+__all__ = ["DatasetStats", "compute_stats", "edge_distances", "mean_coordination", "mean_graph_degree"]
 
 
 @dataclass(frozen=True)
@@ -104,19 +104,31 @@ def mean_coordination(
     return float(cns[ok].mean()), int(ok.sum())
 
 
-def mean_graph_degree(crystals: CrystalTensors, cutoff: float, max_neighbors: int, batch_size: int = 512) -> float:
-    """Mean in-degree of the encoder's periodic radius graph over all atoms of the split."""
-    edges = 0
-    ptr = crystals.ptr
-    lattices = crystals.lattices
+def _graphs(crystals: CrystalTensors, cutoff: float, max_neighbors: int | None, batch_size: int = 512):
+    """Periodic radius graphs of the split, ``batch_size`` crystals at a time."""
+    ptr, lattices = crystals.ptr, crystals.lattices
     for start in range(0, len(crystals), batch_size):
         stop = min(start + batch_size, len(crystals))
         a0, a1 = int(ptr[start]), int(ptr[stop])
-        graph = radius_graph_pbc(
+        yield radius_graph_pbc(
             crystals.frac_coords[a0:a1], lattices[start:stop], crystals.num_atoms[start:stop], cutoff, max_neighbors
         )
-        edges += graph.edge_index.shape[1]
+
+
+def mean_graph_degree(crystals: CrystalTensors, cutoff: float, max_neighbors: int | None) -> float:
+    """Mean in-degree of the encoder's periodic radius graph over all atoms of the split."""
+    edges = sum(g.edge_index.shape[1] for g in _graphs(crystals, cutoff, max_neighbors))
     return edges / max(int(crystals.num_atoms.sum()), 1)
+
+
+def edge_distances(
+    crystals: CrystalTensors, cutoff: float, max_neighbors: int | None, max_crystals: int | None = 2000, seed: int = 0
+) -> torch.Tensor:
+    """``(E,)`` edge lengths (Å) of the radius graph over a seeded sample of at most ``max_crystals`` crystals."""
+    if max_crystals is not None and max_crystals < len(crystals):
+        pick = torch.randperm(len(crystals), generator=torch.Generator().manual_seed(seed))[:max_crystals]
+        crystals = crystals.select(pick.sort().values)
+    return torch.cat([g.distances for g in _graphs(crystals, cutoff, max_neighbors)])
 
 
 def compute_stats(

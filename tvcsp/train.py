@@ -1,0 +1,300 @@
+"""Training with PyTorch Lightning: one GPU, several GPUs (DDP) or several nodes without code changes.
+
+``train(dataset, profile="quick")`` loads the splits, fits scalers and statistics on train, builds the model,
+fits it with CDVAE's optimisation recipe (SPEC §5, the paper's lr), keeps the best and the last checkpoint,
+exports the best model (:func:`tvcsp.checkpoint.save_model`) and writes a labelled ``summary.json``.
+Every random draw in a training step is seeded from (seed, step), so a resumed run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch_geometric.loader import DataLoader
+
+from .checkpoint import CheckpointMismatchError, provenance, save_model
+from .data import CrystalDataset, DatasetInfo, edge_distances, fit_scalers, get_dataset, load_split, load_stats
+from .decoder import DecoderConfig
+from .encoder import EncoderConfig
+from .rbf import HybridRBF
+from .rbf_selection import auto_rbf
+from .vae import CrystalVAE, VAEConfig
+
+__all__ = ["PROFILES", "TVCSPModule", "TrainConfig", "TrainResult", "make_configs", "read_metrics", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and run settings (SPEC §5 with the paper's lr 1e-4)."""
+
+    dataset: str = "perov_5"
+    seed: int = 0
+    max_epochs: int = 3500
+    max_steps: int = -1
+    batch_size: int = 512
+    val_batch_size: int = 256
+    lr: float = 1e-4
+    lr_factor: float = 0.6
+    lr_patience: int = 30
+    min_lr: float = 1e-4
+    grad_clip_value: float = 0.5
+    val_every_n_epochs: int = 5
+    teacher_forcing_max_epoch: int = 1500
+    precision: str = "32-true"
+    train_subset: int | None = None
+    val_subset: int | None = None
+    coordination_sample: int | None = None
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    num_workers: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CDVAE_TRAINING = {  # SPEC §5/§7 per dataset; epochs from the paper (SPEC 0.1)
+    "perov_5": dict(batch_size=512, teacher_forcing_max_epoch=1500),
+    "carbon_24": dict(batch_size=256, teacher_forcing_max_epoch=1000),
+    "mp_20": dict(batch_size=256, teacher_forcing_max_epoch=500),
+}
+
+PROFILES = ("quick", "paper")
+
+
+def _base_name(info: DatasetInfo) -> str:
+    return next((name for name in CDVAE_TRAINING if info.name.startswith(name)), "perov_5")
+
+
+def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | None = None,
+                 **overrides) -> tuple[VAEConfig, TrainConfig]:
+    """Model and training configs for a profile; ``overrides`` replace any TrainConfig field.
+
+    ``quick``: a CPU teaching run (small model, 512 training crystals, minutes on 2 cores).
+    ``paper``: SPEC 0.1 (encoder cutoff, neighbours, radial basis, latent 64, lr 1e-4, epochs) + CDVAE.
+    """
+    info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    paper = info.paper
+    cutoff, neighbors = (paper.cutoff, paper.max_neighbors) if paper else (6.0, 20)
+    if rbf is None:
+        rbf = paper.rbf if paper else "gaussian"
+    elif rbf == "auto":
+        rbf = auto_rbf(info)
+    cdvae = CDVAE_TRAINING[_base_name(info)]
+    if profile == "paper":
+        encoder = EncoderConfig(rbf=rbf, cutoff=cutoff, max_neighbors=neighbors, latent_dim=64)
+        vae = VAEConfig(encoder=encoder, decoder=DecoderConfig(), max_atoms=info.max_atoms or 20)
+        train = TrainConfig(dataset=info.name, max_epochs=paper.epochs if paper else 1000, **cdvae)
+    else:
+        encoder = EncoderConfig(
+            irreps_node="32x0e+8x1o+4x2e", irreps_head="8x0e+2x1o+1x2e", num_blocks=2, num_heads=4,
+            num_basis=16, radial_hidden=32, irreps_feature="64x0e", rbf=rbf, cutoff=cutoff,
+            max_neighbors=min(neighbors, 12), latent_dim=64,
+        )
+        decoder = DecoderConfig(hidden_dim=64, emb_size_trip=32, emb_size_bil_trip=32, num_radial=32,
+                                num_blocks=2, scale_factors="cdvae")
+        vae = VAEConfig(encoder=encoder, decoder=decoder, hidden_dim=128, max_atoms=info.max_atoms or 20)
+        train = TrainConfig(dataset=info.name, max_epochs=30, batch_size=64, val_batch_size=128, lr=1e-3,
+                            min_lr=1e-4, lr_patience=5, val_every_n_epochs=1, teacher_forcing_max_epoch=10,
+                            train_subset=512, val_subset=128, coordination_sample=256)
+    return vae, dataclasses.replace(train, **overrides)
+
+
+class TVCSPModule(L.LightningModule):
+    """Lightning wrapper of :class:`~tvcsp.vae.CrystalVAE` (training, validation, optimiser, checkpoint metadata)."""
+
+    def __init__(self, model: CrystalVAE, train_config: TrainConfig, dataset_label: str):
+        super().__init__()
+        self.model, self.train_config, self.dataset_label = model, train_config, dataset_label
+
+    def _seed(self, *keys: int) -> None:
+        """Seed every generator from the run seed and ``keys`` (exact resume; distinct per DDP rank)."""
+        seed = self.train_config.seed
+        for k in (*keys, self.global_rank):
+            seed = (seed * 1_000_003 + k) % (2**63 - 1)
+        torch.manual_seed(seed)
+
+    def training_step(self, batch, batch_idx):
+        self._seed(0, self.global_step)
+        out = self.model(batch, teacher_forcing=self.current_epoch <= self.train_config.teacher_forcing_max_epoch)
+        if not torch.isfinite(out["loss"]):
+            terms = {k: float(v) for k, v in out.items() if k != "loss"}
+            raise FloatingPointError(
+                f"non-finite loss at epoch {self.current_epoch}, step {self.global_step} ({terms}); training "
+                "stopped and the last good checkpoint is kept"
+            )
+        n = batch.num_atoms.numel()
+        self.log_dict({f"train_{k}": v for k, v in out.items() if k != "loss"}, batch_size=n)
+        self.log("train_loss", out["loss"], prog_bar=True, batch_size=n)
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        self._seed(1, self.current_epoch, batch_idx)
+        out = self.model(batch, teacher_forcing=False)
+        n = batch.num_atoms.numel()
+        logged = {("val_total_loss" if k == "loss" else f"val_{k}"): v for k, v in out.items() if k != "val_loss"}
+        self.log_dict(logged, batch_size=n, sync_dist=True)
+        self.log("val_loss", out["val_loss"], prog_bar=True, batch_size=n, sync_dist=True)
+
+    def configure_optimizers(self):
+        cfg = self.train_config
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch",
+                             "frequency": cfg.val_every_n_epochs},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        m = self.model
+        checkpoint["tvcsp"] = {
+            "dataset": self.dataset_label,
+            "config": m.config.to_dict(),
+            "train": self.train_config.to_dict(),
+            "stats": m.stats.to_dict(),
+            "scalers": m.scalers.to_dict(),
+            **provenance(),
+        }
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """A shuffle that depends only on (seed, epoch): Lightning calls ``set_epoch`` before every epoch."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass
+class TrainResult:
+    """Where a run's files are and its final validation numbers."""
+
+    run_dir: Path
+    model_path: Path
+    best_checkpoint: Path
+    metrics: dict = field(default_factory=dict)
+
+
+def _subset(crystals, n: int | None, seed: int):
+    if n is None or n >= len(crystals):
+        return crystals
+    return crystals.select(torch.randperm(len(crystals), generator=torch.Generator().manual_seed(seed))[:n])
+
+
+def check_resumable(checkpoint: Path, vae: VAEConfig, dataset_label: str) -> None:
+    """Refuse to resume from a checkpoint whose model config or dataset differs from the requested run."""
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True).get("tvcsp", {})
+    if meta.get("dataset") != dataset_label:
+        raise CheckpointMismatchError(f"{checkpoint}: trained on {meta.get('dataset')!r}, not {dataset_label!r}")
+    if meta.get("config") != vae.to_dict():
+        old, new = meta.get("config", {}), vae.to_dict()
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise CheckpointMismatchError(f"{checkpoint}: model config differs in {diff}; start a new run_dir instead")
+
+
+def _next_log_version(run_dir: Path) -> str:
+    """``logs`` for a new run, ``logs-1``, ``logs-2``, … for each resumed session (CSVLogger overwrites)."""
+    n = len(list(run_dir.glob("logs*/metrics.csv")))
+    return "logs" if n == 0 else f"logs-{n}"
+
+
+def read_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """All logged metrics of a run, resumed sessions included, one row per (step, epoch) logging event."""
+    files = sorted(Path(run_dir).glob("logs*/metrics.csv"), key=lambda f: (len(f.parent.name), f.parent.name))
+    if not files:
+        raise FileNotFoundError(f"no logs*/metrics.csv under {run_dir}")
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+def train(
+    dataset: str | DatasetInfo = "perov_5",
+    profile: str = "quick",
+    run_dir: str | os.PathLike = "runs/quick",
+    resume: bool = False,
+    rbf: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **overrides,
+) -> TrainResult:
+    """Train a model; ``overrides`` replace TrainConfig fields (max_epochs, max_steps, batch_size, seed, …).
+
+    With ``resume=True`` the run continues from ``run_dir/checkpoints/last.ckpt`` (same config required).
+    """
+    info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
+    vae_cfg, cfg = make_configs(info, profile, rbf, **overrides)
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not resume and run_dir.joinpath("checkpoints").is_dir() and any(run_dir.joinpath("checkpoints").iterdir()):
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass resume=True or choose another run_dir")
+
+    L.seed_everything(cfg.seed, verbose=False)
+    train_set = load_split(info, "train", data_dir=data_dir, progress=progress)
+    val_set = load_split(info, "val", data_dir=data_dir, progress=progress)
+    scalers = fit_scalers(train_set)
+    stats = load_stats(info, cutoff=vae_cfg.encoder.cutoff, max_neighbors=vae_cfg.encoder.max_neighbors,
+                       coordination_sample=cfg.coordination_sample, data_dir=data_dir, progress=progress)
+    if info.max_atoms is None:
+        vae_cfg = dataclasses.replace(vae_cfg, max_atoms=stats.max_atoms)
+    if resume and last.is_file():
+        check_resumable(last, vae_cfg, info.label)
+    model = CrystalVAE(vae_cfg, stats, scalers)
+    if isinstance(model.encoder.rbf, HybridRBF):  # weight scaling on the training distances (SPEC 0.4)
+        model.encoder.rbf.fit_weight(edge_distances(train_set, vae_cfg.encoder.cutoff, vae_cfg.encoder.max_neighbors))
+    train_set, val_set = _subset(train_set, cfg.train_subset, cfg.seed), _subset(val_set, cfg.val_subset, cfg.seed)
+    train_loader = DataLoader(CrystalDataset(train_set, scalers), batch_size=cfg.batch_size,
+                              sampler=SeededSampler(len(train_set), cfg.seed), num_workers=cfg.num_workers)
+    val_loader = DataLoader(CrystalDataset(val_set, scalers), batch_size=cfg.val_batch_size,
+                            num_workers=cfg.num_workers)
+
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss",
+                                  mode="min", save_top_k=1, save_last=True)
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
+        num_nodes=cfg.num_nodes, precision=cfg.precision, gradient_clip_val=cfg.grad_clip_value,
+        gradient_clip_algorithm="value", check_val_every_n_epoch=cfg.val_every_n_epochs,
+        callbacks=[checkpoints], logger=CSVLogger(run_dir, name="", version=_next_log_version(run_dir)),
+        default_root_dir=run_dir,
+        enable_progress_bar=progress, enable_model_summary=progress, num_sanity_val_steps=2,
+        log_every_n_steps=max(1, min(50, len(train_loader))),
+    )
+    module = TVCSPModule(model, cfg, info.label)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=last if resume and last.is_file() else None,
+                weights_only=True)
+
+    best = Path(checkpoints.best_model_path or last)
+    best_state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in best_state.items()})
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if math.isfinite(float(v))}
+    summary = {"dataset": info.label, "reduced_split": info.reduced, "split": "val", "profile": profile,
+               "best_val_loss": float(checkpoints.best_model_score or math.nan), "final_metrics": metrics,
+               "epochs_run": trainer.current_epoch, "steps": trainer.global_step, "train": cfg.to_dict(),
+               "model": vae_cfg.to_dict(), "stats": stats.to_dict(), **provenance()}
+    model_path = save_model(run_dir / "model.pt", model, info.label, {"summary": summary})
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, run_dir / "summary.json")
+    return TrainResult(run_dir, model_path, best, summary)
