@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make run    the main job (dataset statistics and figures for the small default)
+#   make run    the main job: train the quick CPU profile on $(DATASET), then evaluate it
 #   make test   the test suite
 # Both create .venv (Python 3.11, CPU build of torch) when it is missing.
 PYTHON ?= python3.11
@@ -19,7 +19,8 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed
 	mkdir -p runs
-	$(BIN)/papermill notebooks/02_datasets.ipynb runs/02_datasets_$(DATASET).ipynb -p dataset $(DATASET) -k python3
+	$(BIN)/papermill notebooks/03_train.ipynb runs/03_train_$(DATASET).ipynb -k python3 \
+		-p dataset $(DATASET) -p profile quick -p resume True
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check tvcsp tests benchmarks

@@ -14,7 +14,7 @@ from . import __version__
 from .data import DatasetStats, Scalers
 from .vae import CrystalVAE, VAEConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointMismatchError", "load_model", "provenance", "save_model"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointMismatchError", "cpu_name", "load_model", "provenance", "save_model"]
 
 CHECKPOINT_FORMAT = "tvcsp-model-1"
 
@@ -32,8 +32,19 @@ def provenance() -> dict[str, str]:
         ).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86'})"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
     return {"tvcsp_version": __version__, "commit": commit, "device": device}
+
+
+def cpu_name() -> str:
+    """E.g. ``'CPU: AMD EPYC 7B13, 2 cores'`` (model name from /proc/cpuinfo where there is one)."""
+    model = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {model}, {os.cpu_count()} cores"
 
 
 def save_model(path: str | os.PathLike, model: CrystalVAE, dataset: str, extra: dict | None = None) -> Path:

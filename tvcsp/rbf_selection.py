@@ -30,7 +30,9 @@ def auto_rbf(info: DatasetInfo) -> str:
 
 
 def _curves(run_dir: Path) -> tuple[pd.Series, pd.Series]:
-    metrics = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    from .train import read_metrics  # a heavy import, only needed here
+
+    metrics = read_metrics(run_dir)
     train = metrics.dropna(subset=["train_loss"]).set_index("step")["train_loss"]
     val = metrics.dropna(subset=["val_loss"]).set_index("step")["val_loss"]
     return train, val

@@ -1,0 +1,141 @@
+"""tvcsp.viz: every plotting helper returns a Figure and writes a PNG; the dataset notebook runs headless."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from pymatgen.core import Lattice, Structure
+
+from tvcsp import viz
+from tvcsp.data import CrystalTensors, edge_distances
+from tvcsp.rbf import build_rbf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _perovskite() -> Structure:
+    return Structure(
+        Lattice.cubic(3.905),
+        ["Sr", "Ti", "O", "O", "O"],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
+
+
+def _rocksalt() -> Structure:
+    """Primitive NaCl: every atom has 6 neighbours at a / 2 = 2.82 Å."""
+    return Structure(Lattice.from_parameters(3.988, 3.988, 3.988, 60, 60, 60), ["Na", "Cl"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def _graphite() -> Structure:
+    return Structure(Lattice.hexagonal(2.46, 6.7), ["C"] * 4,
+                     [[0, 0, 0.25], [0, 0, 0.75], [1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]])
+
+
+def _tensors(structures: list[Structure]) -> CrystalTensors:
+    return CrystalTensors(
+        atom_types=torch.tensor([site.specie.Z for s in structures for site in s]),
+        frac_coords=torch.tensor(np.concatenate([s.frac_coords for s in structures]), dtype=torch.float64),
+        num_atoms=torch.tensor([len(s) for s in structures]),
+        lengths=torch.tensor([s.lattice.abc for s in structures], dtype=torch.float64),
+        angles=torch.tensor([s.lattice.angles for s in structures], dtype=torch.float64),
+        y=torch.full((len(structures),), float("nan"), dtype=torch.float64),
+        material_ids=[f"x{i}" for i in range(len(structures))],
+    )
+
+
+@pytest.fixture
+def crystals() -> CrystalTensors:
+    return _tensors([_perovskite(), _rocksalt(), _graphite()])
+
+
+def _check(fig, path: Path) -> None:
+    assert isinstance(fig, Figure)
+    assert path.is_file() and path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_structure_from_structure_and_tensors(tmp_path, crystals):
+    path = tmp_path / "deep" / "sto.png"  # parent folders are created
+    _check(viz.plot_structure(_perovskite(), path=path), path)
+    path = tmp_path / "graphite.png"
+    _check(viz.plot_structure(crystals, index=2, supercell=(2, 2, 1), view=(10, 30), path=path), path)
+
+
+def test_plot_structures_grid(tmp_path, crystals):
+    path = tmp_path / "grid.png"
+    fig = viz.plot_structures(crystals, titles=["a", "b", "c"], ncols=2, suptitle="three", path=path)
+    _check(fig, path)
+    assert len(fig.axes) == 3
+
+
+def test_plot_structure_without_path_writes_nothing(tmp_path):
+    fig = viz.plot_structure(_rocksalt(), legend=False)
+    assert isinstance(fig, Figure)
+    assert not any(tmp_path.iterdir())
+
+
+def test_edge_distances_rocksalt():
+    d = edge_distances(_tensors([_rocksalt()]), cutoff=3.0, max_neighbors=None)
+    assert d.numel() == 12  # 2 atoms × 6 neighbours
+    assert torch.allclose(d, torch.full_like(d, 3.988 / 2**0.5), atol=1e-6)
+
+
+def test_edge_distances_sample_and_cap(crystals):
+    full = edge_distances(crystals, cutoff=6.0, max_neighbors=8)
+    assert full.numel() == 8 * int(crystals.num_atoms.sum())
+    assert float(full.max()) <= 6.0
+    part = edge_distances(crystals, cutoff=6.0, max_neighbors=8, max_crystals=1, seed=1)
+    assert part.numel() in [8 * int(n) for n in crystals.num_atoms]  # one crystal's edges
+
+
+def test_plot_dataset_histograms(tmp_path, crystals):
+    distances = edge_distances(crystals, cutoff=6.0, max_neighbors=20)
+    path = tmp_path / "hist.png"
+    fig = viz.plot_dataset_histograms(crystals, distances, "toy (reduced split)", cutoff=6.0, path=path)
+    _check(fig, path)
+    path = tmp_path / "hist_nodist.png"
+    _check(viz.plot_dataset_histograms(crystals, None, "toy", top_elements=2, path=path), path)
+
+
+def test_plot_rbf_leaves_modules_untouched(tmp_path):
+    bases = {kind: build_rbf(kind, 16, 6.0) for kind in ("gaussian", "bessel", "hybrid")}
+    path = tmp_path / "rbf.png"
+    _check(viz.plot_rbf(bases, cutoff=6.0, path=path), path)
+    assert all(p.dtype == torch.float32 for b in bases.values() for p in [*b.parameters(), *b.buffers()])
+
+
+def test_plot_hybrid_scaling(tmp_path, crystals):
+    hybrid = build_rbf("hybrid", 16, 6.0)
+    distances = edge_distances(crystals, cutoff=6.0, max_neighbors=20)
+    w = hybrid.fit_weight(distances)
+    path = tmp_path / "scaling.png"
+    _check(viz.plot_hybrid_scaling(hybrid, distances, path=path), path)
+    assert float(hybrid.weight) == pytest.approx(w)  # plotting does not refit
+
+
+@pytest.mark.slow
+def test_datasets_notebook_runs_on_perov_5(tmp_path, shared_data):
+    """Executes notebooks/02_datasets.ipynb headless on perov_5 (skips without ../shared/data).
+
+    The test's cache folder is fresh (conftest), so the split is parsed again (about a minute) and CrystalNN
+    runs on a small sample only.
+    """
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / "02_datasets_perov_5.ipynb"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "02_datasets.ipynb"),
+        str(out),
+        parameters={"dataset": "perov_5", "coordination_sample": 40, "distance_sample": 200, "n_examples": 2,
+                    "figures_dir": str(tmp_path)},
+        kernel_name="python3",
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
+    )
+    for name in ("perov_5_stats.json", "perov_5_histograms.png", "perov_5_examples.png"):
+        assert (tmp_path / name).is_file(), name
+    assert "| perov_5 | 11,356/3,787/3,785 | 5 |" in out.read_text()
