@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from pymatgen.core import Lattice, Structure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,6 +16,16 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "perov_5").is_dir():
         pytest.skip(f"benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Test tensors are tiny: one intra-op thread is as fast, and immune to OpenMP spin-waiting on a busy
+    shared machine (10–100× slower with two threads there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +60,47 @@ def tiny_cell() -> Structure:
 def rock_salt() -> Structure:
     """Conventional NaCl, 8 atoms, every atom 6-coordinated."""
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def toy_structures() -> list[Structure]:
+    """Six small crystals (3–8 atoms): the fixtures above plus two cubic BaTiO3 cells."""
+    cubic = [Structure(Lattice.cubic(a), ["Ba", "Ti", "O", "O", "O"], perovskite().frac_coords) for a in (3.9, 4.1)]
+    return [perovskite(), triclinic(), rock_salt(), *cubic, tiny_cell()]
+
+
+def toy_dataset(root: Path):
+    """Write :func:`toy_structures` as a custom dataset ``toy`` (train = all, val = first 3) under ``root``."""
+    import pandas as pd
+
+    from tvcsp.data import custom_dataset
+
+    folder = root / "toy"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"material_id": f"m{i}", "cif": s.to(fmt="cif"), "e": float(i)} for i, s in enumerate(toy_structures())]
+    pd.DataFrame(rows).to_csv(folder / "train.csv")
+    pd.DataFrame(rows[:3]).to_csv(folder / "val.csv")
+    return custom_dataset("toy", {"train": "train.csv", "val": "val.csv"}, prop="e")
+
+
+def tiny_vae(root: Path, cache: Path, seed: int = 0):
+    """An untrained ``quick``-profile CrystalVAE (no scale-factor download) fitted to :func:`toy_dataset`.
+
+    Returns (model, train split). ``cache`` is passed explicitly, so module-scoped fixtures may use it.
+    """
+    import dataclasses
+
+    import torch
+
+    from tvcsp.data import fit_scalers, load_split, load_stats
+    from tvcsp.train import make_configs
+    from tvcsp.vae import CrystalVAE
+
+    info = toy_dataset(root)
+    vae, _ = make_configs(info, "quick")
+    vae = dataclasses.replace(vae, decoder=dataclasses.replace(vae.decoder, scale_factors="none"))
+    train_set = load_split(info, "train", data_dir=root, cache=cache, progress=False)
+    stats = load_stats(info, cutoff=6.0, max_neighbors=12, coordination_sample=None, data_dir=root, cache=cache,
+                       progress=False)
+    torch.manual_seed(seed)
+    model = CrystalVAE(dataclasses.replace(vae, max_atoms=stats.max_atoms), stats, fit_scalers(train_set))
+    return model.eval(), train_set

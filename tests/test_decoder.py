@@ -56,15 +56,6 @@ def random_orthogonal(dtype, proper=True, seed=2):
     return q
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny graphs: intra-op threads only add contention on busy shared cores (10× slower), so use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CRYSTALS = {"cdvae": (CDVAE_GRAPH, [perovskite(), rock_salt()]), "exact": (EXACT_GRAPH, [triclinic(), perovskite()])}
 
 

@@ -56,15 +56,6 @@ def carbon() -> Structure:
 CRYSTALS = {"perovskite": perovskite, "triclinic": skewed_triclinic, "carbon": carbon}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: OpenMP threads only add synchronisation cost (severe on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_encoder(config=TINY, dtype=torch.float64, seed=0) -> TransformerEncoder:
     torch.manual_seed(seed)
     return TransformerEncoder(

@@ -3,29 +3,18 @@ import dataclasses
 import pandas as pd
 import pytest
 import torch
-from conftest import perovskite, rock_salt, triclinic
-from pymatgen.core import Lattice, Structure
+from conftest import toy_dataset
 from torch_geometric.loader import DataLoader
 
 from tvcsp.checkpoint import CheckpointMismatchError, load_model, save_model
-from tvcsp.data import CrystalDataset, custom_dataset, fit_scalers, load_split, load_stats
+from tvcsp.data import CrystalDataset, fit_scalers, load_split, load_stats
 from tvcsp.train import make_configs, read_metrics, train
 from tvcsp.vae import CrystalVAE
 
 
-def crystals():
-    cubic = [Structure(Lattice.cubic(a), ["Ba", "Ti", "O", "O", "O"], perovskite().frac_coords) for a in (3.9, 4.1)]
-    return [perovskite(), triclinic(), rock_salt(), *cubic]
-
-
 @pytest.fixture
 def toy(tmp_path):
-    folder = tmp_path / "toy"
-    folder.mkdir()
-    rows = [{"material_id": f"m{i}", "cif": s.to(fmt="cif"), "e": float(i)} for i, s in enumerate(crystals())]
-    pd.DataFrame(rows).to_csv(folder / "train.csv")
-    pd.DataFrame(rows[:3]).to_csv(folder / "val.csv")
-    return custom_dataset("toy", {"train": "train.csv", "val": "val.csv"}, prop="e"), tmp_path
+    return toy_dataset(tmp_path), tmp_path
 
 
 TINY = dict(max_epochs=2, batch_size=3, val_batch_size=3, train_subset=None, val_subset=None,

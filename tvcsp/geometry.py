@@ -76,9 +76,10 @@ def lattice_volume(lattice: torch.Tensor) -> torch.Tensor:
     return torch.linalg.det(lattice).abs()
 
 
-def batch_index(num_atoms: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` atom counts → ``(N,)`` crystal index of every atom."""
-    return torch.repeat_interleave(torch.arange(num_atoms.numel(), device=num_atoms.device), num_atoms)
+def batch_index(num_atoms: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """``(B,)`` atom counts → ``(N,)`` crystal index of every atom; passing ``total`` = N avoids a host sync."""
+    index = torch.arange(num_atoms.numel(), device=num_atoms.device)
+    return torch.repeat_interleave(index, num_atoms, output_size=total)
 
 
 def frac_to_cart(frac: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -185,8 +186,8 @@ def radius_graph_pbc(
         :class:`PeriodicGraph`.
     """
     device = frac.device
-    batch = batch_index(num_atoms)
     n_total = frac.shape[0]
+    batch = batch_index(num_atoms, n_total)
     cell_shift = torch.floor(frac)
     wrapped = frac - cell_shift
     cart = frac_to_cart(wrapped, lattice, batch)

@@ -58,6 +58,7 @@ class TrainConfig:
     devices: int | str = "auto"
     num_nodes: int = 1
     num_workers: int = 0
+    tensorboard: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -222,6 +223,20 @@ def _next_log_version(run_dir: Path) -> str:
     return "logs" if n == 0 else f"logs-{n}"
 
 
+def _loggers(run_dir: Path, tensorboard: bool) -> list:
+    """CSV logs always (``run_dir/logs*/metrics.csv``); TensorBoard logs under ``run_dir/tensorboard`` on request."""
+    version = _next_log_version(run_dir)
+    loggers = [CSVLogger(run_dir, name="", version=version)]
+    if tensorboard:
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=version))
+        except ModuleNotFoundError as err:
+            raise ModuleNotFoundError("tensorboard=True needs: pip install tensorboard") from err
+    return loggers
+
+
 def read_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
     """All logged metrics of a run, resumed sessions included, one row per (step, epoch) logging event."""
     files = sorted(Path(run_dir).glob("logs*/metrics.csv"), key=lambda f: (len(f.parent.name), f.parent.name))
@@ -276,8 +291,7 @@ def train(
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
         num_nodes=cfg.num_nodes, precision=cfg.precision, gradient_clip_val=cfg.grad_clip_value,
         gradient_clip_algorithm="value", check_val_every_n_epoch=cfg.val_every_n_epochs,
-        callbacks=[checkpoints], logger=CSVLogger(run_dir, name="", version=_next_log_version(run_dir)),
-        default_root_dir=run_dir,
+        callbacks=[checkpoints], logger=_loggers(run_dir, cfg.tensorboard), default_root_dir=run_dir,
         enable_progress_bar=progress, enable_model_summary=progress, num_sanity_val_steps=2,
         log_every_n_steps=max(1, min(50, len(train_loader))),
     )

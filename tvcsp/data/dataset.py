@@ -100,7 +100,7 @@ def load_stats(
     cache: str | os.PathLike | None = None,
     **load_kwargs,
 ) -> DatasetStats:
-    """:class:`DatasetStats` of a split (train by default), computed once and cached as JSON.
+    """:class:`DatasetStats` of a split (train by default), computed once per setting and cached as JSON.
 
     ``cutoff``/``max_neighbors`` default to the paper's encoder settings for the dataset.
     """
@@ -117,7 +117,8 @@ def load_stats(
         "max_neighbors": int(max_neighbors),
         "coordination_sample": coordination_sample,
     }
-    path = Path(cache or cache_dir()) / info.name / f"stats_{split}.json"
+    sample = "all" if coordination_sample is None else coordination_sample
+    path = Path(cache or cache_dir()) / info.name / f"stats_{split}_{cutoff:g}A_{max_neighbors}nn_cn-{sample}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:

@@ -91,7 +91,8 @@ def symmetrise_edges(
     """
     source, target = edge_index
     keep = (source < target) | ((source == target) & _negative_offset(offsets))
-    kept_index, kept_offsets, kept_vectors = edge_index[:, keep], offsets[keep], vectors[keep]
+    kept = torch.nonzero(keep).squeeze(1)  # one host sync instead of one per boolean-mask index
+    kept_index, kept_offsets, kept_vectors = edge_index[:, kept], offsets[kept], vectors[kept]
     n_kept = kept_offsets.shape[0]
     half = torch.arange(n_kept, device=edge_index.device)
     return (
@@ -119,7 +120,8 @@ def build_decoder_graph(
         cutoff: Å; max_neighbors: nearest neighbours kept per target before symmetrisation.
         max_images: images searched per direction (``(1, 1, 1)`` = CDVAE's 27), ``None`` = as the cutoff needs.
 
-    Host syncs: those of :func:`~tvcsp.geometry.radius_graph_pbc`, the edge selection and ``D``.
+    Host syncs: those of :func:`~tvcsp.geometry.radius_graph_pbc`, the edge selection (one ``nonzero``) and
+    ``D`` (``degree.max()``).
     """
     radius = radius_graph_pbc(frac, lattice, num_atoms, cutoff, max_neighbors, max_images=max_images)
     edge_index, offsets, vectors, id_swap = symmetrise_edges(radius.edge_index, radius.offsets, radius.vectors)
@@ -129,7 +131,8 @@ def build_decoder_graph(
     edge_index, offsets, vectors, id_swap = edge_index[:, order], offsets[order], vectors[order], rank[id_swap[order]]
 
     target = edge_index[1]
-    degree = torch.bincount(target, minlength=frac.shape[0])
+    degree = torch.zeros(frac.shape[0], dtype=torch.long, device=target.device).index_add_(
+        0, target, torch.ones_like(target))  # = bincount, without bincount's host sync on CUDA
     first = torch.cumsum(degree, 0) - degree
     slot = torch.arange(target.numel(), device=target.device) - first[target]
     width = max(int(degree.max()), 1) if target.numel() else 1

@@ -1,0 +1,276 @@
+import json
+
+import ase.io
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_vae
+from pymatgen.core import Structure
+
+from tvcsp import cli, tasks
+from tvcsp.checkpoint import save_model
+from tvcsp.geometry import batch_index, frac_to_cart, lattice_params_to_matrix, minimum_image_diff
+from tvcsp.sampling import checked_lattice, composition_sample, decode, langevin, make_generator, steps_per_sample
+from tvcsp.tasks import RunMismatchError, generate, load_samples, reconstruct, to_structures
+from tvcsp.vae import geometric_levels
+
+FAST = dict(n_step_each=2, min_sigma=8.0, progress=False)  # 2 levels (10 and 8.69 Å) × 2 steps
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, _one_thread):
+    root = tmp_path_factory.mktemp("toy")
+    return tiny_vae(root, root / "cache")
+
+
+def probs(*rows: dict[int, float]) -> torch.Tensor:
+    """Element probabilities from {Z: p} dicts."""
+    p = torch.zeros(len(rows), 100)
+    for b, row in enumerate(rows):
+        for z, value in row.items():
+            p[b, z - 1] = value
+    return p
+
+
+def counts(types: torch.Tensor, num_atoms: list[int]) -> list[dict[int, int]]:
+    parts = torch.split(types, num_atoms)
+    return [dict(zip(*[t.tolist() for t in part.unique(return_counts=True)], strict=True)) for part in parts]
+
+
+def test_composition_sampling_rounds_half_to_even_and_fills_the_rest():
+    num_atoms = [2, 4, 0, 3]
+    p = probs({1: 0.25, 8: 0.75},  # 0.5 → 0, 1.5 → 2 (half to even): always O O
+              {3: 0.6, 9: 0.4},  # 2.4 → 2, 1.6 → 2: always 2 + 2
+              {5: 1.0},  # no atoms
+              {1: 0.5, 8: 0.5})  # 1.5 → 2 each: 4 listed, truncated to 3 at random
+    seen = set()
+    for seed in range(20):
+        types = composition_sample(p, torch.tensor(num_atoms), make_generator(seed))
+        assert types.shape == (sum(num_atoms),)
+        c = counts(types, num_atoms)
+        assert c[0] == {8: 2} and c[1] == {3: 2, 9: 2} and c[2] == {}
+        assert set(c[3]) <= {1, 8} and sorted(c[3].values()) in ([1, 2], [3]) and sum(c[3].values()) == 3
+        seen.add(tuple(sorted(c[3].items())))
+    assert seen == {((1, 1), (8, 2)), ((1, 2), (8, 1))}
+
+
+def test_composition_sampling_draws_the_deficit_from_the_residual():
+    n = 4000  # every row: 0.4·1 → 0, 0.35 → 0, 0.25 → 0; the single atom is drawn from the residual = p
+    p = probs(*[{6: 0.4, 7: 0.35, 8: 0.25}] * n)
+    types = composition_sample(p, torch.ones(n, dtype=torch.long), make_generator(1))
+    freq = torch.bincount(types, minlength=9)[6:9].float() / n
+    assert torch.allclose(freq, torch.tensor([0.4, 0.35, 0.25]), atol=0.03)
+    # 3 atoms: 0.45·3 = 1.35 → 1, 1.35 → 1, 0.3 → 0; the third from the residual (0.117, 0.117, 0.1)
+    types = composition_sample(probs(*[{1: 0.45, 2: 0.45, 3: 0.1}] * n), torch.full((n,), 3), make_generator(2))
+    per = types.view(n, 3)
+    assert ((per == 1).sum(1) >= 1).all() and ((per == 2).sum(1) >= 1).all()
+    third = torch.bincount(types, minlength=4)[1:].float() - torch.tensor([n, n, 0])
+    assert torch.allclose(third / n, torch.tensor([0.1167, 0.1167, 0.1]) / 0.3333, atol=0.04)
+
+
+def test_composition_sampling_permutes_within_each_crystal():
+    p = probs({1: 0.5, 2: 0.5})
+    firsts = {int(composition_sample(p, torch.tensor([4]), make_generator(s))[0]) for s in range(20)}
+    assert firsts == {1, 2}
+
+
+def toy_structure():
+    lengths = torch.tensor([[4.0, 4.5, 5.0], [3.6, 3.8, 4.2]])
+    angles = torch.tensor([[90.0, 100.0, 80.0], [75.0, 95.0, 110.0]])
+    num_atoms = torch.tensor([4, 2])
+    frac = torch.tensor([[0.1, 0.2, 0.3], [0.6, 0.5, 0.4], [0.9, 0.1, 0.7], [0.3, 0.8, 0.1],
+                         [0.0, 0.0, 0.0], [0.5, 0.45, 0.55]])
+    return lattice_params_to_matrix(lengths, angles), num_atoms, frac, torch.tensor([8, 22, 8, 38, 3, 9])
+
+
+def analytic_score(target_frac, target_types, sigmas, n_step_each, num_atoms):
+    """Unit-scale score of an isotropic Gaussian of width σ around the target (minimum image): (x₀ − x)/σ."""
+    batch, calls = batch_index(num_atoms), [0]
+    logits = F.one_hot(target_types - 1, 100).float()
+
+    def score_fn(z, frac, types, num_atoms, lattice):
+        sigma = sigmas[calls[0] // n_step_each]
+        calls[0] += 1
+        diff, _ = minimum_image_diff(frac_to_cart(target_frac, lattice, batch), frac_to_cart(frac, lattice, batch),
+                                     lattice, batch)
+        return diff / sigma, logits
+
+    return score_fn
+
+
+def rms_to(frac, target, lattice, num_atoms):
+    batch = batch_index(num_atoms)
+    _, d2 = minimum_image_diff(frac_to_cart(frac, lattice, batch), frac_to_cart(target, lattice, batch), lattice,
+                               batch)
+    return float(d2.mean().sqrt())
+
+
+def test_langevin_with_an_analytic_score_converges_to_the_structure():
+    lattice, num_atoms, target, target_types = toy_structure()
+    sigmas, n_step_each = geometric_levels(1.0, 0.01, 10), 20
+    score_fn = analytic_score(target, target_types, sigmas, n_step_each, num_atoms)
+    init = torch.rand(target.shape, generator=make_generator(0))
+    assert rms_to(init, target, lattice, num_atoms) > 0.5
+    frac, types = langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1),
+                           init_frac=init, n_step_each=n_step_each, step_lr=5e-5, seed=0, progress=False)
+    # α = σ²/2 per step: the chain's stationary std per component is 1.15·σ_L, i.e. ≈ 0.02 Å in 3-d
+    assert rms_to(frac, target, lattice, num_atoms) < 4 * sigmas[-1]
+    assert torch.equal(types, target_types)
+    assert ((frac >= 0) & (frac < 1)).all()
+
+
+def test_langevin_is_seeded_and_respects_forced_types_and_inactive_crystals():
+    lattice, num_atoms, target, target_types = toy_structure()
+    sigmas = geometric_levels(1.0, 0.01, 4)
+    init_types, init = torch.full((6,), 1), torch.rand(6, 3, generator=make_generator(3))
+
+    def run(**kwargs):
+        fn = analytic_score(target, target_types, sigmas, 3, num_atoms)
+        return langevin(fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, init_types, init_frac=init,
+                        n_step_each=3, progress=False, **kwargs)
+
+    a, b = run(seed=5), run(seed=5)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], run(seed=6)[0])
+    frac, types = run(seed=5, force_types=True, active=torch.tensor([True, False]))
+    assert torch.equal(types, init_types)
+    assert torch.equal(frac[4:], init[4:]) and not torch.equal(frac[:4], init[:4])
+    # min_sigma skips the small levels: 2 of 4 levels → the chain is still far from the target
+    frac, _ = run(seed=5, min_sigma=0.2)
+    assert rms_to(frac, target, lattice, num_atoms) > 0.05
+    assert steps_per_sample(sigmas, 3, min_sigma=0.2) == 6
+
+
+def test_checked_lattice_flags_degenerate_cells():
+    lengths = torch.tensor([[3.0, 4.0, 5.0], [float("nan"), 4.0, 5.0], [-3.0, 4.0, 5.0], [0.0, 4.0, 5.0],
+                            [3.0, 4.0, 5.0], [3.0, 4.0, float("inf")]])
+    angles = torch.tensor([[90.0, 90.0, 90.0]] * 4 + [[120.0, 120.0, 120.0], [90.0, 90.0, 90.0]])
+    lattice, valid = checked_lattice(lengths, angles)
+    assert valid.tolist() == [True, False, False, False, False, False]
+    assert torch.isfinite(lattice).all() and (torch.linalg.det(lattice).abs() > 1.0).all()
+
+
+def test_decode_returns_float32_crystals(tiny):
+    model, _ = tiny
+    z = torch.randn(3, model.config.latent_dim, generator=make_generator(0))
+    out = decode(model, z, seed=0, **FAST)
+    n = int(out["num_atoms"].sum())
+    assert out["frac_coords"].shape == (n, 3) and out["atom_types"].shape == (n,)
+    assert out["lengths"].dtype == out["angles"].dtype == out["frac_coords"].dtype == torch.float32
+    assert torch.equal(out["num_atoms"], model.predict_num_atoms(z))
+    assert ((out["atom_types"] >= 1) & (out["atom_types"] <= 100)).all()
+    again = decode(model, z, seed=0, **FAST)
+    assert all(torch.equal(out[k], again[k]) for k in out)
+    bf16 = decode(model, z, seed=0, precision="bf16", **FAST)
+    assert bf16["frac_coords"].dtype == torch.float32 and torch.isfinite(bf16["frac_coords"]).all()
+
+
+def test_decode_survives_empty_crystals_and_bad_lattices(tiny, monkeypatch):
+    model, _ = tiny
+    z = torch.randn(3, model.config.latent_dim, generator=make_generator(1))
+    out = decode(model, z, num_atoms=torch.zeros(3, dtype=torch.long), seed=0, **FAST)
+    assert out["frac_coords"].shape == (0, 3) and not out["valid_lattice"].any()
+    lattice_from_scaled = model.lattice_from_scaled
+
+    def broken(scaled, num_atoms):
+        lengths, angles = lattice_from_scaled(scaled, num_atoms)
+        return lengths * torch.tensor([[1.0], [-1.0], [float("nan")]]), angles
+
+    monkeypatch.setattr(model, "lattice_from_scaled", broken)
+    monkeypatch.setattr(model, "predict_num_atoms", lambda z: torch.tensor([3, 2, 0]))
+    out = decode(model, z, seed=0, **FAST)
+    assert out["valid_lattice"].tolist() == [True, False, False]
+    assert out["frac_coords"].shape == (5, 3) and torch.isfinite(out["frac_coords"]).all()
+    assert to_structures({**{k: v[None] for k, v in out.items()}})[1:] == [None, None]
+
+
+def test_reconstruct_writes_labelled_outputs(tiny, tmp_path):
+    model, crystals = tiny
+    samples = reconstruct(model, crystals, tmp_path / "rec", batch_size=4, num_evals=2, sample_z=False, seed=1,
+                          checkpoint="model.pt", **FAST)
+    n = len(crystals)
+    assert samples["num_atoms"].shape == (2, n) and samples["lengths"].shape == (2, n, 3)
+    assert samples["frac_coords"].shape[:2] == (2, int(samples["num_atoms"][0].sum()))
+    assert torch.equal(samples["gt_num_atoms"], crystals.num_atoms) and samples["material_ids"] == crystals.material_ids
+    assert not torch.equal(samples["frac_coords"][0], samples["frac_coords"][1])
+    with torch.no_grad():
+        from torch_geometric.data import Batch
+
+        from tvcsp.data import CrystalDataset
+        items = CrystalDataset(crystals)
+        mu = model.encode(Batch.from_data_list([items[i] for i in range(n)]), sample=False)[0]
+    assert torch.allclose(samples["z"], mu, atol=1e-5)  # sample_z=False decodes μ
+    meta = json.loads((tmp_path / "rec" / "meta.json").read_text())
+    assert meta["settings"]["dataset"] == "toy" and meta["settings"]["split"] == "train"
+    assert meta["checkpoint"] == "model.pt" and {"commit", "device"} <= set(meta["provenance"][0])
+    gt = to_structures(samples, ground_truth=True)
+    assert all(isinstance(s, Structure) for s in gt) and len(gt[0]) == int(crystals.num_atoms[0])
+
+
+def test_generate_outputs_resume_and_settings_check(tiny, tmp_path, monkeypatch):
+    model, _ = tiny
+    out = tmp_path / "gen"
+    first = generate(model, 5, out, batch_size=2, seed=4, **FAST)
+    assert first["num_atoms"].shape == (1, 5) and first["z"].shape == (5, model.config.latent_dim)
+    structures = to_structures(load_samples(out))
+    built = [i for i, s in enumerate(structures) if s is not None]
+    skipped = json.loads((out / "cif" / "skipped.json").read_text())
+    assert sorted(built + [s["index"] for s in skipped]) == list(range(5))
+    for i in built:
+        cif = Structure.from_file(out / "cif" / f"{i:05d}.cif")
+        assert len(cif) == len(structures[i])
+    assert built, "the seeded tiny model should give some buildable crystals"
+    frames = ase.io.read(out / "samples.extxyz", index=":")
+    assert [f.info["index"] for f in frames] == built
+    structure = structures[built[0]]
+    assert frames[0].get_chemical_symbols() == [site.specie.symbol for site in structure]
+    assert abs(frames[0].get_volume() - structure.volume) < 1e-4 * structure.volume
+    assert abs(frames[0].get_positions() - structure.cart_coords).max() < 1e-5
+
+    (out / "samples.pt").unlink()
+    (out / "batches" / "batch_00001.pt").unlink()
+    calls = []
+    monkeypatch.setattr(tasks, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    again = generate(model, 5, out, batch_size=2, seed=4, **FAST)
+    assert len(calls) == 1  # only the deleted batch was decoded again
+    assert all(torch.equal(first[k], again[k]) for k in first if k != "meta")
+    assert len(json.loads((out / "meta.json").read_text())["provenance"]) == 2
+    with pytest.raises(RunMismatchError, match="seed: 4 there, 5 now"):
+        generate(model, 5, out, batch_size=2, seed=5, **FAST)
+    with pytest.raises(RunMismatchError, match="n_step_each"):
+        generate(model, 5, out, batch_size=2, seed=4, **{**FAST, "n_step_each": 3})
+
+
+def test_generation_with_empty_crystals_writes_what_it_can(tiny, tmp_path, monkeypatch):
+    model, _ = tiny
+    monkeypatch.setattr(model, "predict_num_atoms", lambda z: torch.arange(z.shape[0]) % 3)  # 0, 1, 2, 0, …
+    samples = generate(model, 4, tmp_path / "gen", batch_size=4, **FAST)
+    assert samples["num_atoms"][0].tolist() == [0, 1, 2, 0]
+    skipped = json.loads((tmp_path / "gen" / "cif" / "skipped.json").read_text())
+    assert {s["index"] for s in skipped if s["reason"] == "no atoms"} == {0, 3}
+
+
+def test_cli_generate_and_reconstruct(tiny, tmp_path, monkeypatch):
+    model, crystals = tiny
+    path = save_model(tmp_path / "model.pt", model, "toy")
+    fast = ["--n-step-each", "1", "--min-sigma", "8", "--device", "cpu", "--no-progress"]
+    cli.main(["generate", str(path), "--n", "3", "--out", str(tmp_path / "gen"), *fast])
+    assert load_samples(tmp_path / "gen")["num_atoms"].shape == (1, 3)
+    monkeypatch.setattr(cli, "get_dataset", lambda name: name)
+    monkeypatch.setattr(cli, "load_split", lambda info, split, **kwargs: crystals)
+    cli.main(["reconstruct", str(path), "--split", "val", "--limit", "2", "--out", str(tmp_path / "rec"), *fast])
+    samples = load_samples(tmp_path / "rec")
+    assert samples["meta"]["settings"]["split"] == "val" and samples["num_atoms"].shape == (1, 2)
+    assert samples["meta"]["checkpoint"] == str(path)
+
+
+@pytest.mark.slow
+def test_langevin_compiled_score_matches_eager():
+    lattice, num_atoms, target, target_types = toy_structure()
+    sigmas = geometric_levels(1.0, 0.01, 2)
+
+    def run(compile):
+        fn = analytic_score(target, target_types, sigmas, 2, num_atoms)
+        return langevin(fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1), n_step_each=2,
+                        seed=0, compile=compile, progress=False)
+
+    assert torch.allclose(run(True)[0], run(False)[0], atol=1e-5)
