@@ -1,0 +1,79 @@
+"""CDVAE-faithful evaluation metrics over pymatgen Structures (SPEC Part 1 §4, Part 0.8), for any model's output.
+
+Entry points: :func:`evaluate_reconstruction` (match rate, RMSE, ceiling, match rate without the validity rule)
+and :func:`evaluate_generation` (validity, COV-R/COV-P, AMSD/AMCD, property EMDs, diversity);
+:func:`structures_from_arrays` turns batched model output into Structures; :func:`write_metrics_json` stores a
+result with its labels. Per-crystal work and the structure matcher run over a process pool (``workers``).
+"""
+
+from .crystal import (
+    MIN_FINGERPRINT_VOLUME_PER_ATOM,
+    CrystalArrays,
+    EvalCrystal,
+    crystal_arrays,
+    evaluate_crystal,
+    evaluate_crystals,
+    split_crystal_arrays,
+    structures_from_arrays,
+)
+from .fingerprints import (
+    COMP_SCALER_MEANS,
+    COMP_SCALER_STDS,
+    composition_fingerprint,
+    normalise_comp_fps,
+    structure_fingerprint,
+)
+from .generation import (
+    COV_THRESHOLDS,
+    DEFAULT_SEEDS,
+    cov_thresholds,
+    coverage,
+    diversity,
+    evaluate_generation,
+    generation_metrics,
+    property_emds,
+    validity_fractions,
+)
+from .parallel import parallel_map
+from .property_model import PropertyModel
+from .reconstruction import MATCHER_SETTINGS, evaluate_reconstruction, match_rms, reconstruction_metrics
+from .report import to_jsonable, write_metrics_json
+from .validity import MIN_DISTANCE, MIN_VOLUME, composition_validity, reduced_composition, structure_validity
+
+__all__ = [
+    "COMP_SCALER_MEANS",
+    "COMP_SCALER_STDS",
+    "COV_THRESHOLDS",
+    "DEFAULT_SEEDS",
+    "MATCHER_SETTINGS",
+    "MIN_DISTANCE",
+    "MIN_FINGERPRINT_VOLUME_PER_ATOM",
+    "MIN_VOLUME",
+    "CrystalArrays",
+    "EvalCrystal",
+    "PropertyModel",
+    "composition_fingerprint",
+    "composition_validity",
+    "cov_thresholds",
+    "coverage",
+    "crystal_arrays",
+    "diversity",
+    "evaluate_crystal",
+    "evaluate_crystals",
+    "evaluate_generation",
+    "evaluate_reconstruction",
+    "generation_metrics",
+    "match_rms",
+    "normalise_comp_fps",
+    "parallel_map",
+    "property_emds",
+    "reconstruction_metrics",
+    "reduced_composition",
+    "split_crystal_arrays",
+    "structure_fingerprint",
+    "structure_validity",
+    "structures_from_arrays",
+    "to_jsonable",
+    "validity_fractions",
+    "write_metrics_json",
+]
