@@ -21,6 +21,10 @@ run: $(BIN)/.installed
 	mkdir -p runs
 	$(BIN)/papermill notebooks/03_train.ipynb runs/03_train_$(DATASET).ipynb -k python3 \
 		-p dataset $(DATASET) -p profile quick -p resume True
+	$(BIN)/papermill notebooks/05_reconstruction.ipynb runs/05_reconstruction_$(DATASET).ipynb -k python3 \
+		-p dataset $(DATASET)
+	$(BIN)/papermill notebooks/06_generation.ipynb runs/06_generation_$(DATASET).ipynb -k python3 \
+		-p dataset $(DATASET)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check tvcsp tests benchmarks

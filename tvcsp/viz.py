@@ -30,6 +30,8 @@ __all__ = [
     "plot_rbf_comparison",
     "plot_structure",
     "plot_structures",
+    "show_live",
+    "under_papermill",
     "save_figure",
 ]
 
@@ -397,3 +399,31 @@ def plot_rbf_comparison(comparison: dict, path: str | os.PathLike | None = None)
     for ax in axes:
         ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def under_papermill() -> bool:
+    """True when this process's parent is the papermill command-line tool (a headless notebook run)."""
+    try:
+        import psutil
+
+        return any("papermill" in part for part in psutil.Process().parent().cmdline())
+    except Exception:  # psutil missing, no parent, no permission: treat as interactive
+        return False
+
+
+def show_live(structure) -> str:
+    """Show ``structure`` in crystal-toolkit's live 3-D viewer inside Jupyter when that can work.
+
+    Returns what happened: ``"live"``, ``"headless"`` (papermill: the kernel dies with the run, so a live view
+    would be a dead iframe) or ``"unavailable"`` (crystal-toolkit not installed: ``pip install tvcsp[viz3d]``).
+    Static figures (:func:`plot_structure`) are the fallback in both other cases.
+    """
+    if under_papermill():
+        return "headless"
+    try:
+        import crystal_toolkit  # noqa: F401  (registers the Jupyter renderer of pymatgen structures)
+        from IPython.display import display
+    except ImportError:
+        return "unavailable"
+    display(structure)
+    return "live"
