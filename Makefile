@@ -27,9 +27,8 @@ run: $(BIN)/.installed
 		-p dataset $(DATASET)
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check tvcsp tests benchmarks
+	$(BIN)/ruff check tvcsp tests benchmarks tools notebooks
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check --fix tvcsp tests benchmarks
-	$(BIN)/ruff format tvcsp tests benchmarks
+	$(BIN)/ruff check --fix tvcsp tests benchmarks tools notebooks

@@ -78,8 +78,11 @@ def _base_name(info: DatasetInfo) -> str:
 
 
 def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | None = None,
-                 **overrides) -> tuple[VAEConfig, TrainConfig]:
+                 predict_property: bool = False, **overrides) -> tuple[VAEConfig, TrainConfig]:
     """Model and training configs for a profile; ``overrides`` replace any TrainConfig field.
+
+    ``predict_property`` switches on the latent property head (``VAEConfig.predict_property``; its loss is logged
+    as ``train_property``/``val_property``), which property optimisation in latent space needs.
 
     ``quick``: a CPU teaching run (small model, 512 training crystals, minutes on 2 cores).
     ``paper``: SPEC 0.1 (encoder cutoff, neighbours, radial basis, latent 64, lr 1e-4, epochs) + CDVAE.
@@ -110,7 +113,7 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
         train = TrainConfig(dataset=info.name, max_epochs=30, batch_size=64, val_batch_size=128, lr=1e-3,
                             min_lr=1e-4, lr_patience=5, val_every_n_epochs=1, teacher_forcing_max_epoch=10,
                             train_subset=512, val_subset=128, coordination_sample=256)
-    return vae, dataclasses.replace(train, **overrides)
+    return dataclasses.replace(vae, predict_property=predict_property), dataclasses.replace(train, **overrides)
 
 
 class TVCSPModule(L.LightningModule):
@@ -255,7 +258,8 @@ def train(
     progress: bool = True,
     **overrides,
 ) -> TrainResult:
-    """Train a model; ``overrides`` replace TrainConfig fields (max_epochs, max_steps, batch_size, seed, …).
+    """Train a model; ``overrides`` replace TrainConfig fields (max_epochs, max_steps, batch_size, seed, …) or
+    pass ``predict_property=True`` to :func:`make_configs` (the latent property head).
 
     With ``resume=True`` the run continues from ``run_dir/checkpoints/last.ckpt`` (same config required).
     """
