@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import ase.io
 import pytest
@@ -261,6 +262,16 @@ def test_cli_generate_and_reconstruct(tiny, tmp_path, monkeypatch):
     samples = load_samples(tmp_path / "rec")
     assert samples["meta"]["settings"]["split"] == "val" and samples["num_atoms"].shape == (1, 2)
     assert samples["meta"]["checkpoint"] == str(path)
+
+    monkeypatch.setattr(cli, "get_dataset", lambda label: SimpleNamespace(name="perov_5", label=label))
+    cli.main(["evaluate", str(tmp_path / "rec"), "--workers", "1"])
+    rec = json.loads((tmp_path / "rec" / "metrics.json").read_text())
+    assert rec["labels"]["task"] == "reconstruction" and rec["labels"]["checkpoint"] == str(path)
+    assert 0 <= rec["metrics"]["match_rate"] <= rec["metrics"]["match_rate_no_validity"] <= 1
+    cli.main(["evaluate", str(tmp_path / "gen"), "--no-energy", "--workers", "1"])
+    gen = json.loads((tmp_path / "gen" / "metrics.json").read_text())
+    assert gen["labels"]["task"] == "generation" and gen["metrics"]["validity"]["n"] == 3
+    assert gen["metrics"]["coverage"]["n_reference"] == len(crystals)
 
 
 @pytest.mark.slow

@@ -2,7 +2,9 @@
 
 * ``tvcsp prepare DATASET`` parses every split into the cache and computes the statistics;
 * ``tvcsp reconstruct CHECKPOINT --split test --out DIR`` encodes and decodes a split (SPEC §3.2);
-* ``tvcsp generate CHECKPOINT --n 10000 --out DIR`` decodes z ~ N(0, I) (SPEC §3.3).
+* ``tvcsp generate CHECKPOINT --n 10000 --out DIR`` decodes z ~ N(0, I) (SPEC §3.3);
+* ``tvcsp evaluate DIR`` computes CDVAE's metrics of a reconstruction or generation run (SPEC §4) and writes
+  them, labelled, to ``DIR/metrics.json``.
 
 Both sampling commands are resumable: rerun the same command to finish an interrupted run.
 """
@@ -72,6 +74,34 @@ def _generate(args: argparse.Namespace) -> None:
     _report(samples, args.out)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from .checkpoint import provenance
+    from .metrics import PropertyModel, evaluate_generation, evaluate_reconstruction, write_metrics_json
+    from .tasks import load_samples, to_structures
+
+    samples = load_samples(args.folder)
+    settings = samples["meta"]["settings"]
+    info = get_dataset(settings["dataset"])
+    predicted = to_structures(samples)
+    if settings["task"] == "reconstruction":
+        metrics = evaluate_reconstruction(predicted, to_structures(samples, ground_truth=True), workers=args.workers)
+        summary = f"match rate {metrics['match_rate']:.4f} (ceiling {metrics['ceiling']:.4f}), RMSE {metrics['rmse']}"
+    else:
+        reference = load_split(info, args.reference_split, data_dir=args.data_dir)
+        if args.reference_limit is not None:
+            reference = reference.select(slice(0, args.reference_limit))
+        predict = None if args.no_energy else PropertyModel.for_dataset(info.name).predict
+        metrics = evaluate_generation(predicted, [reference.to_structure(i) for i in range(len(reference))],
+                                      info.name, predict=predict, workers=args.workers)
+        v, c = metrics["validity"], metrics["coverage"]
+        summary = (f"struct valid {v['struct_valid']:.4f}, comp valid {v['comp_valid']:.4f}, "
+                   f"COV-R {c['cov_recall']:.4f}, COV-P {c['cov_precision']:.4f}")
+    labels = {**settings, "dataset": info.label, "checkpoint": samples["meta"].get("checkpoint"),
+              "reference_split": args.reference_split, "reference_limit": args.reference_limit, **provenance()}
+    path = write_metrics_json(f"{args.folder}/metrics.json", metrics, labels)
+    print(f"{info.label} {settings['task']}: {summary} → {path}")
+
+
 def _add_sampler_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("checkpoint", help="model file written by training (model.pt)")
     parser.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
@@ -115,6 +145,15 @@ def main(argv: list[str] | None = None) -> None:
     _add_sampler_options(gen, 500)
     gen.add_argument("--n", type=int, default=10_000, help="crystals to generate (10000)")
     gen.set_defaults(run=_generate)
+
+    ev = commands.add_parser("evaluate", help="CDVAE's metrics of a reconstruction or generation run folder")
+    ev.add_argument("folder", metavar="DIR", help="folder written by 'tvcsp reconstruct' or 'tvcsp generate'")
+    ev.add_argument("--reference-split", choices=SPLITS, default="test", help="generation: reference set (test)")
+    ev.add_argument("--reference-limit", type=int, help="generation: only the first N reference crystals")
+    ev.add_argument("--no-energy", action="store_true", help="generation: skip the energy EMD (property model)")
+    ev.add_argument("--data-dir", help="folder holding <dataset>/<split>.csv[.gz] (searched first)")
+    ev.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+    ev.set_defaults(run=_evaluate)
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -171,9 +171,10 @@ DATASETS["mp_20_reduced"] = DatasetInfo(
 
 
 def get_dataset(name: str) -> DatasetInfo:
-    """Registry entry by name, with a clear error for unknown names."""
+    """Registry entry by name or by label (``'mp_20_reduced (reduced split)'``, as results and checkpoints are
+    labelled), with a clear error for unknown names."""
     try:
-        return DATASETS[name]
+        return DATASETS[name.removesuffix(" (reduced split)")]
     except KeyError:
         raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} (or use custom_dataset())") from None
 
