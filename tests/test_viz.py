@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import perovskite
 from matplotlib.figure import Figure
 from pymatgen.core import Lattice, Structure
 
@@ -15,14 +16,6 @@ from tvcsp.data import CrystalTensors, edge_distances
 from tvcsp.rbf import build_rbf
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _perovskite() -> Structure:
-    return Structure(
-        Lattice.cubic(3.905),
-        ["Sr", "Ti", "O", "O", "O"],
-        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
-    )
 
 
 def _rocksalt() -> Structure:
@@ -50,7 +43,7 @@ def _tensors(structures: list[Structure]) -> CrystalTensors:
 
 @pytest.fixture
 def crystals() -> CrystalTensors:
-    return _tensors([_perovskite(), _rocksalt(), _graphite()])
+    return _tensors([perovskite(), _rocksalt(), _graphite()])
 
 
 def _check(fig, path: Path) -> None:
@@ -61,7 +54,7 @@ def _check(fig, path: Path) -> None:
 
 def test_plot_structure_from_structure_and_tensors(tmp_path, crystals):
     path = tmp_path / "deep" / "sto.png"  # parent folders are created
-    _check(viz.plot_structure(_perovskite(), path=path), path)
+    _check(viz.plot_structure(perovskite(), path=path), path)
     path = tmp_path / "graphite.png"
     _check(viz.plot_structure(crystals, index=2, supercell=(2, 2, 1), view=(10, 30), path=path), path)
 
