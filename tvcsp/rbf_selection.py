@@ -1,5 +1,8 @@
 """The paper's adaptive choice of radial basis (App. B.4, SPEC 0.4): train otherwise-identical models that
-differ only in the encoder's basis, compare their loss curves, and store the winner for ``rbf="auto"``."""
+differ only in the encoder's basis, compare their loss curves, and store the winner for ``rbf="auto"``.
+
+This module uses :mod:`tvcsp.train` (imported where needed: it is heavy); train never imports this module.
+``train(..., rbf="auto")`` reads the winner from :func:`choice_path` itself, as :func:`auto_rbf` does."""
 
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ def choice_path(dataset: str) -> Path:
 
 
 def auto_rbf(info: DatasetInfo) -> str:
-    """The stored winner for the dataset, else the paper's pick (else 'gaussian')."""
+    """The stored winner for the dataset, else the paper's pick (else 'gaussian'): the basis that
+    ``tvcsp.train.make_configs(info, rbf="auto")`` chooses."""
     path = choice_path(info.name)
     if path.is_file():
         return json.loads(path.read_text())["winner"]

@@ -24,10 +24,10 @@ from torch_geometric.loader import DataLoader
 
 from .checkpoint import CheckpointMismatchError, provenance, save_model
 from .data import CrystalDataset, DatasetInfo, edge_distances, fit_scalers, get_dataset, load_split, load_stats
+from .data.files import home_dir
 from .decoder import DecoderConfig
 from .encoder import EncoderConfig
 from .rbf import HybridRBF
-from .rbf_selection import auto_rbf
 from .vae import CrystalVAE, VAEConfig
 
 __all__ = ["PROFILES", "TVCSPModule", "TrainConfig", "TrainResult", "make_configs", "read_metrics", "train"]
@@ -94,8 +94,9 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
     cutoff, neighbors = (paper.cutoff, paper.max_neighbors) if paper else (6.0, 20)
     if rbf is None:
         rbf = paper.rbf if paper else "gaussian"
-    elif rbf == "auto":
-        rbf = auto_rbf(info)
+    elif rbf == "auto":  # the winner stored by tvcsp.rbf_selection.compare_rbfs (its choice_path), else as above
+        choice = Path(os.environ.get("TVCSP_RBF_DIR") or home_dir() / "runs" / "rbf_choice") / f"{info.name}.json"
+        rbf = json.loads(choice.read_text())["winner"] if choice.is_file() else (paper.rbf if paper else "gaussian")
     cdvae = CDVAE_TRAINING[_base_name(info)]
     if profile == "paper":
         encoder = EncoderConfig(rbf=rbf, cutoff=cutoff, max_neighbors=neighbors, latent_dim=64)
