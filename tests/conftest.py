@@ -62,6 +62,23 @@ def rock_salt() -> Structure:
     return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
+def high_symmetry_crystals() -> dict:
+    """Crystals whose neighbour shells are exactly tied at any cap: name → builder of a pymatgen Structure."""
+    def spacegroup(group, lattice, species, coords):
+        return lambda: Structure.from_spacegroup(group, lattice, species, coords)
+
+    return {
+        "rock_salt": rock_salt,
+        "perovskite": perovskite,
+        "diamond": spacegroup("Fd-3m", Lattice.cubic(3.567), ["C"], [[0, 0, 0]]),
+        "bcc_iron": spacegroup("Im-3m", Lattice.cubic(2.87), ["Fe"], [[0, 0, 0]]),
+        "fcc_copper": spacegroup("Fm-3m", Lattice.cubic(3.61), ["Cu"], [[0, 0, 0]]),
+        "hcp_magnesium": spacegroup("P6_3/mmc", Lattice.hexagonal(3.21, 5.21), ["Mg"], [[1 / 3, 2 / 3, 0.25]]),
+        "cesium_chloride": lambda: Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "primitive_fcc": lambda: Structure(Lattice.from_parameters(2.55, 2.55, 2.55, 60, 60, 60), ["Cu"], [[0, 0, 0]]),
+    }
+
+
 def toy_structures() -> list[Structure]:
     """Six small crystals (3–8 atoms): the fixtures above plus two cubic BaTiO3 cells."""
     cubic = [Structure(Lattice.cubic(a), ["Ba", "Ti", "O", "O", "O"], perovskite().frac_coords) for a in (3.9, 4.1)]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import perovskite, rock_salt, triclinic
+from conftest import high_symmetry_crystals, perovskite, rock_salt, triclinic
 
 from tvcsp.decoder import (
     DecoderConfig,
@@ -86,6 +86,24 @@ def test_rotation_equivariance(dtype, tol, proper):
     scale = scores.abs().max()
     torch.testing.assert_close(scores_r / scale, scores @ rot.T / scale, atol=tol, rtol=0)
     torch.testing.assert_close(logits_r, logits, atol=tol * logits.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("name", list(high_symmetry_crystals()))
+def test_unrattled_high_symmetry_crystals(name):
+    """Exactly tied 20th/21st neighbours (CDVAE's graph): the whole tied shell is kept, so type logits are
+    invariant and scores equivariant under rotation, reflection and permutation."""
+    structure = high_symmetry_crystals()[name]()
+    model = make_model(CDVAE_GRAPH)
+    frac, types, num_atoms, lattice = make_batch([structure], rattle=0.0)
+    z = latents(1)
+    scores, logits = model(z, frac, types, num_atoms, lattice)
+    perm = torch.randperm(frac.shape[0], generator=torch.Generator().manual_seed(5))
+    scale = logits.abs().max()
+    for proper in (True, False):
+        rot = random_orthogonal(torch.float64, proper)
+        scores_r, logits_r = model(z, frac[perm], types[perm], num_atoms, lattice @ rot.T)
+        torch.testing.assert_close(logits_r / scale, logits[perm] / scale, atol=1e-9, rtol=0)
+        torch.testing.assert_close(scores_r / scale, scores[perm] @ rot.T / scale, atol=1e-9, rtol=0)
 
 
 def test_translation_invariance():

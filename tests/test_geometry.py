@@ -135,6 +135,19 @@ def test_max_neighbors_keeps_the_nearest(k):
         np.testing.assert_allclose(ours, ref, atol=1e-9)
 
 
+@pytest.mark.parametrize("k", [1, 5, 7, 16, 20])
+def test_capped_graph_keeps_whole_tied_shells(k):
+    """Rock salt's shells hold 6, 12, 8, 6, 24 … equidistant neighbours: a cap inside a shell keeps all of it."""
+    structure = rock_salt()
+    graph = radius_graph_pbc(*as_batch([structure]), 8.0, max_neighbors=k)
+    for i, nbs in enumerate(structure.get_all_neighbors(8.0)):
+        ref = np.sort([nb.nn_distance for nb in nbs])
+        expected = ref[ref <= ref[k - 1] + 1e-9]
+        ours = np.sort(graph.distances[graph.edge_index[1] == i].numpy())
+        assert len(expected) >= k and len(ours) == len(expected)
+        np.testing.assert_allclose(ours, expected, atol=1e-9)
+
+
 def per_atom_distances(graph, n):
     return [np.round(np.sort(graph.distances[graph.edge_index[1] == i].numpy()), 4).tolist() for i in range(n)]
 

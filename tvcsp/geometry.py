@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "TIE_RTOL",
     "PeriodicGraph",
     "Triplets",
     "batch_index",
@@ -33,6 +34,10 @@ __all__ = [
     "radius_graph_pbc",
     "triplets",
 ]
+
+TIE_RTOL = 1e-5
+"""Relative tolerance on squared distances within which neighbours count as equally far (a capped graph keeps
+the whole tied shell); far above float32 rounding (~1e-7), far below real differences between shells."""
 
 
 def lattice_params_to_matrix(lengths: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -163,6 +168,7 @@ def radius_graph_pbc(
     min_distance: float = 1e-4,
     max_images: torch.Tensor | tuple[int, int, int] | None = None,
     chunk_elements: int = 2**23,
+    tie_rtol: float = TIE_RTOL,
 ) -> PeriodicGraph:
     """All neighbour images within ``cutoff`` of every atom, keeping the nearest ``max_neighbors``.
 
@@ -174,13 +180,16 @@ def radius_graph_pbc(
         lattice: ``(B, 3, 3)`` Å, rows are lattice vectors.
         num_atoms: ``(B,)`` atoms per crystal.
         cutoff: radius in Å (inclusive).
-        max_neighbors: keep the nearest ``K`` per target atom (ties at the K-th distance broken arbitrarily);
-            ``None`` keeps all.
+        max_neighbors: keep the nearest ``K`` per target atom and every further neighbour as far as the
+            ``K``-th (the whole shell that ties at the ``K``-th distance, so the graph never depends on how atoms
+            or images are ordered; a target can have more than ``K`` edges); ``None`` keeps all.
         min_distance: candidate pairs closer than this (Å) are dropped — removes each atom's own zero-offset
             copy (CDVAE drops d² ≤ 1e-4 Å², i.e. 0.01 Å).
         max_images: per-direction image range to search; default: the range the cutoff requires, the
             maximum over the batch (see :func:`image_range`). Passing it avoids a device→host sync.
         chunk_elements: bound on the candidate-pair tensor size per chunk of target atoms (memory knob).
+        tie_rtol: squared distances within this relative tolerance of the ``K``-th one count as tied (absorbs
+            rounding: a rotated crystal's distances differ in the last bits).
 
     Returns:
         :class:`PeriodicGraph`.
@@ -217,7 +226,7 @@ def radius_graph_pbc(
         ok = dense_mask[b].unsqueeze(2) & (d2 <= cutoff**2) & (d2 > min_distance**2)
         d2 = torch.where(ok, d2, torch.full_like(d2, math.inf)).flatten(1)
         if max_neighbors is not None:
-            d2, pos = torch.topk(d2, k, dim=1, largest=False)
+            d2, pos = _nearest_shells(d2, k, tie_rtol)
         else:
             pos = torch.arange(n_cand, device=device).expand_as(d2)
         row, col = torch.nonzero(torch.isfinite(d2), as_tuple=True)
@@ -229,6 +238,20 @@ def radius_graph_pbc(
     source = first[batch[target]] + cand // grid.shape[0]
     offsets = grid[cand % grid.shape[0]] - cell_shift[source].long() + cell_shift[target].long()
     return _graph_from_edges(frac, lattice, batch, source, target, offsets, num_atoms.numel())
+
+
+def _nearest_shells(d2: torch.Tensor, k: int, tie_rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``d2`` (C, M): the ``k`` smallest values and all values tied with the ``k``-th, ascending.
+
+    Returns ``(d2, pos)`` of shape (C, W) with ``W ≥ k``; entries beyond a row's kept set are ``inf``.
+    The sort is stable, so tied neighbours come in candidate order.
+    """
+    values, pos = torch.sort(d2, dim=1, stable=True)
+    kth = values[:, k - 1 : k]
+    keep = values <= kth * (1.0 + tie_rtol)
+    width = max(k, int(keep.sum(1).max())) if keep.numel() else k
+    values, pos, keep = values[:, :width], pos[:, :width], keep[:, :width]
+    return torch.where(keep, values, torch.full_like(values, math.inf)), pos
 
 
 def _graph_from_edges(frac, lattice, batch, source, target, offsets, num_crystals) -> PeriodicGraph:

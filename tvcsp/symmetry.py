@@ -151,15 +151,14 @@ def assert_crystal_invariant(
 def graph_margin(
     frac_coords: torch.Tensor, lattice: torch.Tensor, cutoff: float, max_neighbors: int | None
 ) -> float:
-    """How far (Å) a crystal is from an ambiguous capped radius graph.
+    """How far (Å) a crystal is from a change of its capped radius graph.
 
-    The graph of :func:`tvcsp.geometry.radius_graph_pbc` changes discontinuously when a neighbour sits at
-    the cutoff or when the ``max_neighbors``-th and the next neighbour are equally far (ties are common in
-    symmetric crystals, and the ±t images of an atom itself are always tied). Under a symmetry transform,
-    rounding then picks a different graph, and no model on that graph can be exactly invariant. Returns
-    the smallest over atoms of: the gap between the last kept and the first dropped neighbour where the cap
-    is reached, else the smallest |d − cutoff| over the neighbour distances d. Invariance tests need it well
-    above the numerical noise.
+    :func:`tvcsp.geometry.radius_graph_pbc` keeps the ``max_neighbors`` nearest neighbours of every atom and
+    the whole shell that ties with the last of them, so symmetric crystals (whose shells are exactly tied)
+    have a well-defined graph. It still changes when a neighbour crosses the cutoff or when the next shell
+    moves to within rounding of the last kept one. Returns the smallest over atoms of: the gap between the
+    last kept and the first dropped neighbour where the cap is reached, else the smallest |d − cutoff| over the
+    neighbour distances d. A small margin means a small distortion of the crystal changes its graph.
 
     Args:
         frac_coords: ``(N, 3)`` fractional coordinates of one crystal.
@@ -167,15 +166,15 @@ def graph_margin(
         cutoff: graph radius in Å.
         max_neighbors: the cap (``None``: no cap).
     """
-    frac = frac_coords.double()
-    graph = radius_graph_pbc(
-        frac, lattice.reshape(1, 3, 3).double(), torch.tensor([frac.shape[0]]), cutoff + 1.0
-    )
+    frac, lattice, num_atoms = frac_coords.double(), lattice.reshape(1, 3, 3).double(), torch.tensor([len(frac_coords)])
+    everything = radius_graph_pbc(frac, lattice, num_atoms, cutoff + 1.0)
+    kept = radius_graph_pbc(frac, lattice, num_atoms, cutoff, max_neighbors)
     margin = float("inf")
     for atom in range(frac.shape[0]):
-        d = torch.sort(graph.distances[graph.edge_index[1] == atom]).values
-        if max_neighbors is not None and int((d <= cutoff).sum()) > max_neighbors:
-            margin = min(margin, float(d[max_neighbors] - d[max_neighbors - 1]))
+        d = torch.sort(everything.distances[everything.edge_index[1] == atom]).values
+        n_kept = int((kept.edge_index[1] == atom).sum())
+        if int((d <= cutoff).sum()) > n_kept:
+            margin = min(margin, float(d[n_kept] - d[n_kept - 1]))
         elif d.numel():
             margin = min(margin, float((d - cutoff).abs().min()))
     return margin
