@@ -2,8 +2,8 @@
 
 Treats the first ``--n-gen`` val crystals as generated and the first ``--n-ref`` test crystals as the reference,
 computes every generation metric of tvcsp.metrics (the energy EMD only when ``tvcsp.metrics.property_model`` is
-importable), prints them beside the SPEC 0.8 yardstick (full perov_5 val vs test) and the wall-clock time per
-stage, and extrapolates the time for 10,000 generated crystals from the measured per-crystal cost.
+importable), prints them beside the yardstick of docs/metrics.md#real-data-yardstick (full perov_5 val vs test) and the
+wall-clock time per stage, and extrapolates the time for 10,000 generated crystals from the measured per-crystal cost.
 
 Run: ``python benchmarks/metrics_eval.py --dataset perov_5 --n-gen 1000 --workers 2 [--json out.json]``.
 """
@@ -25,7 +25,8 @@ from tvcsp.metrics import (
     write_metrics_json,
 )
 
-# SPEC 0.8: perov_5 val as "generated" vs test, all-valid EMDs (energy with CDVAE's property model).
+# docs/metrics.md#real-data-yardstick: perov_5 val as "generated" vs test, all-valid EMDs (energy with CDVAE's property
+# model).
 YARDSTICK = {"comp_valid": 0.9873, "cov_recall": 0.9863, "cov_precision": 0.9855, "density": 0.102,
              "energy": 0.0098, "n_elements": 0.028}
 N_TARGET = 10_000
@@ -80,7 +81,7 @@ def row(name: str, value, yardstick=None, sd=None) -> str:
 
 def print_table(m: dict) -> None:
     v, c, e, d = m["validity"], m["coverage"], m["property_emd"], m["diversity"]
-    print(f"\n{'metric':<34}{'value':>20}{'SPEC 0.8':>14}")
+    print(f"\n{'metric':<34}{'value':>20}{'yardstick':>14}")
     print(row("struct validity", v["struct_valid"]))
     print(row("comp validity", v["comp_valid"], YARDSTICK["comp_valid"]))
     print(row("valid", v["valid"]))

@@ -4,7 +4,8 @@ For each dataset whose test CSV is present, the first ``--n`` rows (or a seeded 
 the dataset's model and compared with the label column (perov_5 heat_ref, carbon_24 energy_per_atom, mp_20
 formation_energy_per_atom; mp_20 falls back to the partial test file of ../shared/data when the official one is
 absent). Cells: ``as_given`` (the CSV's CIF as parsed: what CDVAE's evaluation feeds the model, the default) and
-``canonical`` (Niggli-reduced, canonical orientation, SPEC §1.2: the cell the models were trained on).
+``canonical`` (Niggli-reduced, canonical orientation, docs/data.md#canonical-crystals: the cell the models were trained
+on).
 
 Reference (ENVIRONMENT.md, 300 rows each): MAE 0.037 / 0.0066 / 0.023 eV/atom, Pearson r > 0.99.
 Run: ``python benchmarks/property_model_check.py [--n 300] [--workers 2] [--datasets perov_5 carbon_24 mp_20]``.

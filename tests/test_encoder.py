@@ -146,8 +146,8 @@ def test_latent_invariant_float64(name):
 
 
 # Relative float32 tolerance. In cubic SrTiO3 every l = 1 feature vanishes by site symmetry; the layer norm
-# divides such a block by √(n + 1e-5) (SPEC §6.7), which lifts float32 rounding noise (~1e-7) by up to
-# 1/√1e-5 ≈ 300: measured deviations reach ~2e-3 of the latent's scale (1e-7 with eps = 1e-2; 1e-16 in
+# divides such a block by √(n + 1e-5) (docs/model.md#equivariant-layers), which lifts float32 rounding noise (~1e-7) by
+# up to 1/√1e-5 ≈ 300: measured deviations reach ~2e-3 of the latent's scale (1e-7 with eps = 1e-2; 1e-16 in
 # float64).
 FLOAT32_RTOL = {"perovskite": 5e-3, "triclinic": 1e-5, "carbon": 1e-5}
 

@@ -1,9 +1,9 @@
 """Command line.
 
 * ``tvcsp prepare DATASET`` parses every split into the cache and computes the statistics;
-* ``tvcsp reconstruct CHECKPOINT --split test --out DIR`` encodes and decodes a split (SPEC §3.2);
-* ``tvcsp generate CHECKPOINT --n 10000 --out DIR`` decodes z ~ N(0, I) (SPEC §3.3);
-* ``tvcsp evaluate DIR`` computes CDVAE's metrics of a reconstruction or generation run (SPEC §4) and writes
+* ``tvcsp reconstruct CHECKPOINT --split test --out DIR`` encodes and decodes a split (docs/sampling.md#reconstruction);
+* ``tvcsp generate CHECKPOINT --n 10000 --out DIR`` decodes z ~ N(0, I) (docs/sampling.md#generation);
+* ``tvcsp evaluate DIR`` computes CDVAE's metrics of a reconstruction or generation run (docs/metrics.md) and writes
   them, labelled, to ``DIR/metrics.json``.
 
 Both sampling commands are resumable: rerun the same command to finish an interrupted run.

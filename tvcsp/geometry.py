@@ -1,6 +1,6 @@
 """Periodic geometry in plain, batched torch (CPU and CUDA).
 
-Conventions (SPEC Part 1, "Conventions"):
+Conventions (docs/data.md#conventions):
 
 * lengths in Å, angles in degrees, lattice matrices ``(B, 3, 3)`` with the lattice vectors as **rows**;
 * Cartesian = fractional · lattice (row vector times matrix);
@@ -8,7 +8,7 @@ Conventions (SPEC Part 1, "Conventions"):
   ``num_atoms`` ``(B,)``; ``batch`` ``(N,)`` holds each atom's crystal index;
 * an edge ``j → i`` with integer image offset ``t`` has source ``j`` (the neighbour), target ``i`` (the
   centre atom) and vector ``v = x_j + t·M − x_i``: it starts at the centre atom and ends at the neighbour
-  image (SPEC §1.3 and §6.2 formula, used for every graph in tvcsp).
+  image (docs/data.md#conventions, used for every graph in tvcsp).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ the whole tied shell); far above float32 rounding (~1e-7), far below real differ
 
 
 def lattice_params_to_matrix(lengths: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Lattice parameters → matrix with SPEC §1.2's convention (``c`` along ``z``).
+    """Lattice parameters → matrix with the convention of docs/data.md#conventions (``c`` along ``z``).
 
     Args:
         lengths: ``(B, 3)`` a, b, c in Å.
@@ -95,7 +95,7 @@ def frac_to_cart(frac: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor)
 def cart_to_frac(cart: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """Cartesian ``(N, 3)`` Å → fractional ``(N, 3)`` wrapped into [0, 1).
 
-    Uses the pseudo-inverse so that a singular (predicted) lattice gives finite numbers (SPEC §1.2).
+    Uses the pseudo-inverse so that a singular (predicted) lattice gives finite numbers (docs/data.md#conventions).
     """
     inv = torch.linalg.pinv(lattice)
     return torch.remainder(torch.einsum("ni,nij->nj", cart, inv[batch]), 1.0)
@@ -110,7 +110,7 @@ def _offset_grid(n: torch.Tensor | tuple[int, int, int], device) -> torch.Tensor
 def minimum_image_diff(
     x1: torch.Tensor, x2: torch.Tensor, lattice: torch.Tensor, batch: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimum-image difference between paired Cartesian positions over the 27 images (SPEC §1.6).
+    """Minimum-image difference between paired Cartesian positions over the 27 images (docs/model.md#periodic-geometry).
 
     Args:
         x1, x2: ``(N, 3)`` Cartesian positions in Å, atom ``n`` of ``x1`` paired with atom ``n`` of ``x2``.

@@ -1,5 +1,5 @@
 """Latent-space tools for notebook 04: encoding, 2-D projections, labels, interpolation, decoding and
-CDVAE's property optimisation task (SPEC §3.4) with its success rates.
+CDVAE's property optimisation task (docs/sampling.md#property-optimisation) with its success rates.
 
 Shapes: ``B`` crystals or starting points, ``D`` latent size, ``S`` interpolation steps. Latents are float32
 tensors on the model's device; projections and labels are numpy / pandas on the CPU.
@@ -37,8 +37,9 @@ __all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "SR_THRESHOLDS", "OptimizationPath",
 FAST_SAMPLER = {"n_step_each": 10, "step_lr": 1e-4, "min_sigma": 0.0}
 """Interactive decoding: 10 steps × 50 levels = 500 decoder evaluations per crystal (not CDVAE's setting)."""
 CDVAE_SAMPLER = {"n_step_each": 100, "step_lr": 1e-4, "min_sigma": 0.0}
-"""CDVAE's Langevin setting (SPEC §3.1): 100 steps × 50 levels = 5,000 decoder evaluations per crystal."""
-SR_THRESHOLDS = {  # SPEC §3.4: 5th, 10th, 15th percentile of the dataset's property (eV/atom)
+"""CDVAE's Langevin setting (docs/sampling.md#settings): 100 steps × 50 levels = 5,000 decoder evaluations per
+crystal."""
+SR_THRESHOLDS = {  # docs/metrics.md#success-rates: 5th, 10th, 15th percentile of the dataset's property (eV/atom)
     "perov": (0.439248, 0.612024, 0.736461),
     "carbon": (-154.527093, -154.458657, -154.442068),
     "mp_20": (-3.17562, -2.82197, -2.52815),
@@ -175,7 +176,7 @@ def decode_latents(model: CrystalVAE, z: torch.Tensor, sampler: dict | None = No
 
 
 def crystal_valid(structure: Structure | None) -> bool:
-    """CDVAE validity of one crystal: constructed, structurally valid and SMACT-valid (SPEC §4.2)."""
+    """CDVAE validity of one crystal: constructed, structurally valid and SMACT-valid (docs/metrics.md#validity)."""
     from .metrics import composition_validity, reduced_composition, structure_validity
 
     if structure is None or len(structure) == 0:
@@ -207,8 +208,9 @@ class OptimizationPath:
 def optimize_property(model: CrystalVAE, z0: torch.Tensor, steps: int = 5000, lr: float = 1e-3,
                       decode_every: int = 555, decode_sets: bool = True, sampler: dict | None = None,
                       seed: int = 0, progress: bool = True) -> OptimizationPath:
-    """CDVAE's "opt" task (SPEC §3.4): Adam on z (model frozen) minimising mean(fc_property(z)) in standardised
-    units; after step i, z is saved and decoded when i mod ``decode_every`` = 0 and at the last step.
+    """CDVAE's "opt" task (docs/sampling.md#property-optimisation): Adam on z (model frozen) minimising
+    mean(fc_property(z)) in standardised units; after step i, z is saved and decoded when i mod ``decode_every`` = 0 and
+    at the last step.
 
     CDVAE: ``z0`` = 100 sampled latents of the first test batch (or z ~ N(0, I)), 5,000 steps, lr 1e-3,
     decode_every 555 = 5000 // 9 → 11 decoded sets, decoded with :data:`CDVAE_SAMPLER`. Decoding here is batched
@@ -248,7 +250,7 @@ def sr_thresholds(dataset: str) -> tuple[float, float, float]:
 
 @dataclass
 class SuccessRates:
-    """SR5/SR10/SR15 of a property optimisation run (SPEC §3.4).
+    """SR5/SR10/SR15 of a property optimisation run (docs/metrics.md#success-rates).
 
     Attributes:
         rates: ``{"SR5": …, "SR10": …, "SR15": …}``, fractions of the ``B`` starting points.

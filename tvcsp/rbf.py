@@ -1,4 +1,4 @@
-"""Radial bases for edge distances (paper §3.1 and App. A; SPEC 0.4).
+"""Radial bases for edge distances (paper §3.1 and App. A; docs/model.md#radial-bases).
 
 Every basis maps distances ``d`` of shape ``(E,)`` in Å to features ``(E, K)``; ``out_dim`` gives ``K``.
 The bases are self-describing modules: centres, widths and frequencies live in buffers (or parameters when
@@ -41,7 +41,8 @@ class CosineEnvelope(nn.Module):
 
 
 class PolynomialEnvelope(nn.Module):
-    """GemNet's envelope of exponent ``p`` (SPEC §2.6) on u = d / c; value, slope and curvature vanish at c."""
+    """GemNet's envelope of exponent ``p`` (docs/model.md#radial-bases) on u = d / c; value, slope and curvature vanish
+    at c."""
 
     def __init__(self, cutoff: float, exponent: int = 5):
         super().__init__()
@@ -116,8 +117,8 @@ class GaussianRBF(nn.Module):
 class BesselRBF(nn.Module):
     """Order-0 spherical Bessel basis φ_n(d) = √(2/c) · sin(ω_n d / c) / d · env(d), n = 1..K.
 
-    Frequencies ω_n start at nπ; they are learnable by default (SPEC 0.4). The envelope takes value and
-    slope to zero at d = c.
+    Frequencies ω_n start at nπ; they are learnable by default (docs/model.md#radial-bases). The envelope takes value
+    and slope to zero at d = c.
     """
 
     def __init__(

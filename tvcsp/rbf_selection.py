@@ -1,5 +1,5 @@
-"""The paper's adaptive choice of radial basis (App. B.4, SPEC 0.4): train otherwise-identical models that
-differ only in the encoder's basis, compare their loss curves, and store the winner for ``rbf="auto"``.
+"""The paper's adaptive choice of radial basis (App. B.4, docs/model.md#choosing-the-basis): train otherwise-identical
+models that differ only in the encoder's basis, compare their loss curves, and store the winner for ``rbf="auto"``.
 
 This module uses :mod:`tvcsp.train` (imported where needed: it is heavy); train never imports this module.
 ``train(..., rbf="auto")`` reads the winner from :func:`choice_path` itself, as :func:`auto_rbf` does."""

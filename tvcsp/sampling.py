@@ -1,9 +1,9 @@
-"""Annealed Langevin decoding of latents into crystals (SPEC §3.1), built for GPU throughput.
+"""Annealed Langevin decoding of latents into crystals (docs/sampling.md), built for GPU throughput.
 
 * :func:`composition_sample` — initial atom types from the composition head (rounding + residual draws).
 * :func:`langevin` — the annealed Langevin dynamics for any score function ``(z, frac, types, num_atoms,
   lattice) → (score, type_logits)``: the model's decoder, or an analytic score in tests.
-* :func:`decode` — SPEC §3.1 steps 1–7 for a :class:`~tvcsp.vae.CrystalVAE`.
+* :func:`decode` — docs/sampling.md#annealed-langevin-dynamics steps 1–7 for a :class:`~tvcsp.vae.CrystalVAE`.
 
 The step loop issues no device→host synchronisation of its own: every per-level constant is a device tensor
 computed before the loop, noise comes from a device :class:`torch.Generator`, lattices and their inverses are
@@ -52,7 +52,7 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 def composition_sample(
     probs: torch.Tensor, num_atoms: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Initial atom types from per-crystal element probabilities (SPEC §3.1 step 4).
+    """Initial atom types from per-crystal element probabilities (docs/sampling.md#initial-atom-types).
 
     Per crystal ``b``: ``n_k = round(p_bk · N_b)`` (half to even) copies of every element ``k``; if that is
     fewer than ``N_b`` atoms, the missing ones are drawn with replacement from the residual
@@ -154,7 +154,7 @@ def langevin(
     compile: bool = False,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Annealed Langevin dynamics with a fixed lattice (SPEC §3.1 steps 5–6).
+    """Annealed Langevin dynamics with a fixed lattice (docs/sampling.md#the-update).
 
     For every level σ ≥ ``min_sigma`` of ``sigmas`` (descending) with α = step_lr·(σ/σ_L)², σ_L = ``sigmas[-1]``,
     ``n_step_each`` times: (ŝ, logits) = score_fn(z, f, types, N, L); x = f·L; x ← x + α·ŝ/σ + √(2α)·η
@@ -223,7 +223,7 @@ def decode(
     compile: bool = False,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Latents → crystals with a :class:`~tvcsp.vae.CrystalVAE` (SPEC §3.1 steps 1–7).
+    """Latents → crystals with a :class:`~tvcsp.vae.CrystalVAE` (docs/sampling.md#annealed-langevin-dynamics steps 1–7).
 
     N = argmax of the atom-count head (0 possible: such crystals have no atoms and an invalid lattice),
     lattice from the lattice head scaled by N^{1/3}, initial types by :func:`composition_sample`, uniform

@@ -1,4 +1,4 @@
-"""Reconstruction and generation runs (SPEC §3.2–3.3): seeded, resumable batch by batch, labelled outputs.
+"""Reconstruction and generation runs (docs/sampling.md): seeded, resumable batch by batch, labelled outputs.
 
 A run writes into ``out_dir``:
 
@@ -174,12 +174,12 @@ def reconstruct(
     seed: int = 0, device: str | torch.device | None = None, dataset: str | None = None, split: str | None = None,
     checkpoint: str | None = None, progress: bool = True,
 ) -> dict:
-    """Encode every crystal and decode it ``num_evals`` times (SPEC §3.2).
+    """Encode every crystal and decode it ``num_evals`` times (docs/sampling.md#reconstruction).
 
     Args:
         model: a :class:`~tvcsp.vae.CrystalVAE`; crystals: a :class:`~tvcsp.data.CrystalTensors` split.
         out_dir: run folder (see the module docstring); batch_size: crystals per batch (no shuffling).
-        sample_z: z = μ + σ·ε as CDVAE does (SPEC §3.2); ``False`` decodes μ.
+        sample_z: z = μ + σ·ε as CDVAE does (docs/sampling.md#reconstruction); ``False`` decodes μ.
         force_num_atoms / force_atom_types: decode with the ground-truth N / types.
         dataset, split: labels (default from ``crystals.meta``); checkpoint: path label.
         Sampler arguments as in :func:`tvcsp.sampling.decode`.
@@ -226,7 +226,8 @@ def generate(
     compile: bool = False, seed: int = 0, device: str | torch.device | None = None, dataset: str | None = None,
     checkpoint: str | None = None, progress: bool = True,
 ) -> dict:
-    """Decode ``n`` latents z ~ N(0, I) of the model's latent size (SPEC §3.3; CDVAE: 20 × 500 = 10,000).
+    """Decode ``n`` latents z ~ N(0, I) of the model's latent size (docs/sampling.md#generation;
+    CDVAE: 20 × 500 = 10,000).
 
     Arguments as in :func:`reconstruct`; ``dataset`` is a label (default: unlabelled).
     """

@@ -1,8 +1,8 @@
 """Training with PyTorch Lightning: one GPU, several GPUs (DDP) or several nodes without code changes.
 
 ``train(dataset, profile="quick")`` loads the splits, fits scalers and statistics on train, builds the model,
-fits it with CDVAE's optimisation recipe (SPEC §5, the paper's lr), keeps the best and the last checkpoint,
-exports the best model (:func:`tvcsp.checkpoint.save_model`) and writes a labelled ``summary.json``.
+fits it with CDVAE's optimisation recipe (docs/model.md#training, the paper's lr), keeps the best and the last
+checkpoint, exports the best model (:func:`tvcsp.checkpoint.save_model`) and writes a labelled ``summary.json``.
 Every random draw in a training step is seeded from (seed, step), so a resumed run repeats exactly.
 """
 
@@ -35,7 +35,7 @@ __all__ = ["PROFILES", "TVCSPModule", "TrainConfig", "TrainResult", "make_config
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and run settings (SPEC §5 with the paper's lr 1e-4)."""
+    """Optimisation and run settings (docs/model.md#training with the paper's lr 1e-4)."""
 
     dataset: str = "perov_5"
     seed: int = 0
@@ -64,7 +64,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CDVAE_TRAINING = {  # SPEC §5/§7 per dataset; epochs from the paper (SPEC 0.1)
+CDVAE_TRAINING = {  # docs/model.md#training per dataset; epochs from the paper (paper Table 4)
     "perov_5": dict(batch_size=512, teacher_forcing_max_epoch=1500),
     "carbon_24": dict(batch_size=256, teacher_forcing_max_epoch=1000),
     "mp_20": dict(batch_size=256, teacher_forcing_max_epoch=500),
@@ -85,7 +85,8 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
     as ``train_property``/``val_property``), which property optimisation in latent space needs.
 
     ``quick``: a CPU teaching run (small model, 512 training crystals, minutes on 2 cores).
-    ``paper``: SPEC 0.1 (encoder cutoff, neighbours, radial basis, latent 64, lr 1e-4, epochs) + CDVAE.
+    ``paper``: paper Table 4 (docs/model.md#paper-settings: encoder cutoff, neighbours, radial basis, latent 64,
+    lr 1e-4, epochs) + CDVAE.
     """
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
     if profile not in PROFILES:
@@ -282,7 +283,8 @@ def train(
     if resume and last.is_file():
         check_resumable(last, vae_cfg, info.label)
     model = CrystalVAE(vae_cfg, stats, scalers)
-    if isinstance(model.encoder.rbf, HybridRBF):  # weight scaling on the training distances (SPEC 0.4)
+    # weight scaling on the training distances (docs/model.md#radial-bases)
+    if isinstance(model.encoder.rbf, HybridRBF):
         model.encoder.rbf.fit_weight(edge_distances(train_set, vae_cfg.encoder.cutoff, vae_cfg.encoder.max_neighbors))
     train_set, val_set = _subset(train_set, cfg.train_subset, cfg.seed), _subset(val_set, cfg.val_subset, cfg.seed)
     train_loader = DataLoader(CrystalDataset(train_set, scalers), batch_size=cfg.batch_size,

@@ -1,7 +1,7 @@
 """TransVAE-CSP: the equivariant transformer encoder, CDVAE's property heads and GemNet-T score decoder.
 
-Training follows SPEC §2.3–§2.7: from z, MLP heads predict the atom count, the scaled lattice and the
-composition; atom types and Cartesian coordinates are noised at a per-crystal level and GemNet-T learns the
+Training follows docs/model.md#training-forward-pass: from z, MLP heads predict the atom count, the scaled lattice and
+the composition; atom types and Cartesian coordinates are noised at a per-crystal level and GemNet-T learns the
 denoising score. :meth:`CrystalVAE.forward` returns every loss term and validation metric for a batch.
 """
 
@@ -27,7 +27,7 @@ NUM_TYPES = 100
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Coefficients of the loss terms (SPEC §2.7; CDVAE defaults)."""
+    """Coefficients of the loss terms (docs/model.md#losses; CDVAE defaults)."""
 
     natom: float = 1.0
     lattice: float = 10.0
@@ -40,7 +40,7 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """Geometric noise levels (SPEC §2.4): coordinates in Å, atom types dimensionless."""
+    """Geometric noise levels (docs/model.md#noise-levels): coordinates in Å, atom types dimensionless."""
 
     sigma_begin: float = 10.0
     sigma_end: float = 0.01
@@ -99,7 +99,7 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
 
 
 def per_crystal_mean(values: torch.Tensor, batch: torch.Tensor, num_crystals: int) -> torch.Tensor:
-    """Per-atom values → mean over each crystal's atoms → mean over crystals (SPEC conventions)."""
+    """Per-atom values → mean over each crystal's atoms → mean over crystals (docs/data.md#conventions)."""
     return scatter(values, batch, dim=0, dim_size=num_crystals, reduce="mean").mean()
 
 
@@ -147,7 +147,8 @@ class CrystalVAE(nn.Module):
 
     # -- training -----------------------------------------------------------------------------------------
     def forward(self, batch, teacher_forcing: bool = False) -> dict[str, torch.Tensor]:
-        """All loss terms (SPEC §2.7), ``loss`` (weighted total), ``val_loss`` (10·coord + type) and metrics."""
+        """All loss terms (docs/model.md#losses), ``loss`` (weighted total), ``val_loss`` (10·coord + type) and
+        metrics."""
         w, n_crystals = self.config.loss, batch.num_atoms.numel()
         atom_batch = batch.batch
         mu, logvar, z = self.encode(batch)
@@ -194,7 +195,8 @@ class CrystalVAE(nn.Module):
 
     @staticmethod
     def noisy_atom_types(types: torch.Tensor, comp_logits: torch.Tensor, type_sigma: torch.Tensor) -> torch.Tensor:
-        """Sample ã ~ Categorical(onehot(a) + σᵗ·softmax(c)) per atom (softmax detached, SPEC §2.5); returns Z."""
+        """Sample ã ~ Categorical(onehot(a) + σᵗ·softmax(c)) per atom (softmax detached,
+        docs/model.md#training-forward-pass); returns Z."""
         weights = F.one_hot(types - 1, NUM_TYPES).to(comp_logits.dtype)
         weights = weights + type_sigma.unsqueeze(-1) * F.softmax(comp_logits.detach(), dim=-1)
         return torch.multinomial(weights / weights.sum(-1, keepdim=True), 1).squeeze(-1) + 1

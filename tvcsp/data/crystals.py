@@ -17,7 +17,7 @@ CACHE_FORMAT_VERSION = 1
 
 @dataclass
 class CrystalTensors:
-    """``B`` canonical crystals (SPEC §1.2) with ``N = Σ num_atoms`` atoms in total.
+    """``B`` canonical crystals (docs/data.md#canonical-crystals) with ``N = Σ num_atoms`` atoms in total.
 
     Attributes:
         atom_types: ``(N,)`` long, atomic numbers Z (1-based).

@@ -1,4 +1,5 @@
-"""CIF rows → canonical crystals (SPEC §1.2), in parallel, with errors that name file, row and material_id."""
+"""CIF rows → canonical crystals (docs/data.md#canonical-crystals), in parallel, with errors that name file, row and
+material_id."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def canonical_crystal(cif: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     """CIF → (Z ``(n,)``, fractional coords ``(n, 3)`` in [0, 1), lengths ``(3,)`` Å, angles ``(3,)`` °).
 
     Niggli-reduces the cell (no primitive reduction) and rebuilds the lattice from its six parameters, which
-    fixes the orientation (SPEC §1.2). Raises ``ValueError`` for unreadable or degenerate crystals.
+    fixes the orientation (docs/data.md#canonical-crystals). Raises ``ValueError`` for unreadable or degenerate
+    crystals.
     """
     from pymatgen.core import Structure
 

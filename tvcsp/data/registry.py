@@ -2,7 +2,7 @@
 
 A dataset is a folder of CSV files (optionally gzip-compressed) with a ``cif`` column; each split is read from
 one or more :class:`SplitSource` (a file, optionally a slice of its rows). The paper's per-dataset settings
-(SPEC 0.1) travel with the registry entry.
+(paper Table 4, docs/model.md#paper-settings) travel with the registry entry.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ CDVAE_DATA_URL = "https://raw.githubusercontent.com/txie-93/cdvae/main/data"
 
 @dataclass(frozen=True)
 class PaperSettings:
-    """The paper's Table 4 (SPEC 0.1): epochs, encoder radial basis, graph cutoff (Å), neighbours, latent, lr."""
+    """The paper's Table 4 (docs/model.md#paper-settings): epochs, encoder radial basis, graph cutoff (Å), neighbours,
+    latent, lr."""
 
     epochs: int
     rbf: str
@@ -75,7 +76,7 @@ class DatasetInfo:
 
     Attributes:
         name: registry name; also the folder name under a data root.
-        prop: the target property column (SPEC §1.1).
+        prop: the target property column (docs/data.md#datasets).
         max_atoms: largest cell; the atom-count head has ``max_atoms + 1`` classes.
         splits: split name → sources (concatenated in order).
         folder: folder under the data root holding the files (defaults to ``name``).

@@ -1,4 +1,4 @@
-"""Standardisation of the lattice and property targets, fitted on the training split (SPEC §1.4–1.5)."""
+"""Standardisation of the lattice and property targets, fitted on the training split (docs/data.md#scalers)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class StandardScaler:
 
 
 def scaled_lattice(lengths: torch.Tensor, angles: torch.Tensor, num_atoms: torch.Tensor) -> torch.Tensor:
-    """``(B, 6)`` lattice target (a, b, c) / N^{1/3} Å and (α, β, γ) ° (``scale_length``, SPEC §1.4)."""
+    """``(B, 6)`` lattice target (a, b, c) / N^{1/3} Å and (α, β, γ) ° (``scale_length``, docs/data.md#scalers)."""
     scale = num_atoms.to(lengths.dtype).pow(1.0 / 3.0).unsqueeze(-1)
     return torch.cat([lengths / scale, angles], dim=-1)
 

@@ -1,4 +1,4 @@
-"""Dataset statistics the encoder needs (paper App. B.1, SPEC 0.3)."""
+"""Dataset statistics the encoder needs (paper App. B.1, docs/data.md#statistics)."""
 
 from __future__ import annotations
 

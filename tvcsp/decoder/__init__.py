@@ -1,4 +1,5 @@
-"""CDVAE's decoder: a GemNet-dT score network conditioned on the latent z (SPEC §2.6), in plain torch.
+"""CDVAE's decoder: a GemNet-dT score network conditioned on the latent z (docs/model.md#gemnet-t-decoder), in plain
+torch.
 
 Modules, read in this order: :mod:`.config` (hyper-parameters), :mod:`.graph` (symmetric periodic graph and
 its per-target layout), :mod:`.basis` (radial and angle bases), :mod:`.layers` (dense blocks, scale factors,

@@ -1,4 +1,5 @@
-"""GemNet-dT's bases (SPEC §2.6): Gaussian radial basis with polynomial envelope, and the angle basis.
+"""GemNet-dT's bases (docs/model.md#gemnet-t-decoder): Gaussian radial basis with polynomial envelope, and the angle
+basis.
 
 * Radial: 128 Gaussians on d / cutoff ∈ [0, 1] (centres linspace(0, 1, K), exp(−(u − μ)² / (2Δ²)), Δ = spacing)
   times the envelope of exponent 5 — this is :class:`tvcsp.rbf.GaussianRBF` on d in Å with the polynomial

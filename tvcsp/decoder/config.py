@@ -1,4 +1,4 @@
-"""Hyper-parameters of the GemNet-dT score decoder (SPEC §2.6); the defaults are CDVAE's."""
+"""Hyper-parameters of the GemNet-dT score decoder (docs/model.md#gemnet-t-decoder); the defaults are CDVAE's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ SCALE_FACTOR_SOURCES = ("cdvae", "none")
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Sizes and switches of :class:`~tvcsp.decoder.GemNetTDecoder` (SPEC §2.6; defaults = CDVAE).
+    """Sizes and switches of :class:`~tvcsp.decoder.GemNetTDecoder` (docs/model.md#gemnet-t-decoder; defaults = CDVAE).
 
     Attributes:
         hidden_dim: GemNet's ``emb_size_atom`` = ``emb_size_edge``.

@@ -1,4 +1,5 @@
-"""CDVAE's score network: GemNet-dT (triplets only, direct force head) conditioned on the latent z (SPEC §2.6).
+"""CDVAE's score network: GemNet-dT (triplets only, direct force head) conditioned on the latent z
+(docs/model.md#gemnet-t-decoder).
 
 Per call: build the symmetric radius graph from the current coordinates (7 Å, ≤ 20 neighbours, CDVAE's
 27 images), embed atoms and z, run ``num_blocks`` interaction blocks, sum the per-edge outputs F_st of the
@@ -57,7 +58,7 @@ def load_scale_factors(module: nn.Module, values: dict[str, float]) -> None:
 
 
 class GemNetTDecoder(nn.Module):
-    """GemNet-dT score network conditioned on z (SPEC §2.6).
+    """GemNet-dT score network conditioned on z (docs/model.md#gemnet-t-decoder).
 
     Args:
         config: sizes and graph settings (defaults = CDVAE).

@@ -1,4 +1,5 @@
-"""The decoder's graph: CDVAE's on-the-fly periodic radius graph, symmetrised as GemNet needs it (SPEC §2.6).
+"""The decoder's graph: CDVAE's on-the-fly periodic radius graph, symmetrised as GemNet needs it
+(docs/model.md#gemnet-t-decoder).
 
 GemNet passes messages along directed edges and mixes every edge ``c → a`` with its reverse ``a → c``
 (``id_swap``). The radius graph keeps the ``K`` nearest neighbours of each *target*, so it is not symmetric;
@@ -111,7 +112,7 @@ def build_decoder_graph(
     max_neighbors: int,
     max_images: tuple[int, int, int] | None,
 ) -> DecoderGraph:
-    """Radius graph (SPEC §1.6) → symmetrised, target-sorted :class:`DecoderGraph`.
+    """Radius graph (docs/model.md#periodic-geometry) → symmetrised, target-sorted :class:`DecoderGraph`.
 
     Args:
         frac: ``(N, 3)`` fractional coordinates (need not be wrapped).

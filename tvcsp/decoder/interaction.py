@@ -1,4 +1,4 @@
-"""GemNet-T's triplet interaction and interaction block (SPEC §2.6).
+"""GemNet-T's triplet interaction and interaction block (docs/model.md#gemnet-t-decoder).
 
 The triplet interaction updates every edge ``c → a`` with a bilinear function of the angle basis and of the
 embeddings of all other edges ``b → a`` entering the same atom:

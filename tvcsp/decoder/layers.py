@@ -1,5 +1,5 @@
-"""GemNet's dense building blocks (SPEC §2.6): scaled SiLU, He-orthogonal init, residual layers, fixed scale
-factors, the edge embedding, the atom update and the (force-only) output block.
+"""GemNet's dense building blocks (docs/model.md#gemnet-t-decoder): scaled SiLU, He-orthogonal init, residual layers,
+fixed scale factors, the edge embedding, the atom update and the (force-only) output block.
 
 All per-edge tensors are ``(E, F)`` and per-atom tensors ``(N, F)``; edges are ``source → target`` and
 messages are summed onto the target.

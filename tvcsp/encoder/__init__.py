@@ -1,4 +1,4 @@
-"""TransVAE-CSP encoder: an Equiformer-style equivariant dot-product-attention transformer (SPEC 0.5, §6).
+"""TransVAE-CSP encoder: an Equiformer-style equivariant dot-product-attention transformer (docs/model.md#encoder).
 
 Modules, one job each: :mod:`.config` (hyper-parameters), :mod:`.edges` (graph, harmonics, radial basis),
 :mod:`.layers` (radial MLP, depthwise tensor product, layer norm, gate), :mod:`.embedding` (atom and

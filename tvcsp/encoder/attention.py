@@ -1,4 +1,4 @@
-"""Equivariant dot-product attention (DP-Equiformer; paper §3.2, SPEC §6.9)."""
+"""Equivariant dot-product attention (DP-Equiformer; paper §3.2, docs/model.md#attention)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gated feed-forward network and pre-norm transformer block (SPEC §6.10)."""
+"""Gated feed-forward network and pre-norm transformer block (docs/model.md#transformer-block)."""
 
 from __future__ import annotations
 

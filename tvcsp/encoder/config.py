@@ -1,4 +1,4 @@
-"""Hyper-parameters of the equivariant transformer encoder (SPEC 0.5 and §6.12)."""
+"""Hyper-parameters of the equivariant transformer encoder (docs/model.md#encoder-sizes)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class EncoderConfig:
         irreps_head: irreps of one head (queries, keys and values have H copies).
         lmax: highest degree of the edge spherical harmonics.
         equivariance: ``"E3"`` or ``"SE3"`` (see above).
-        rbf: radial basis of edge lengths, ``'gaussian'``, ``'bessel'`` or ``'hybrid'`` (SPEC 0.4).
+        rbf: radial basis of edge lengths, ``'gaussian'``, ``'bessel'`` or ``'hybrid'`` (docs/model.md#radial-bases).
         num_basis: radial basis size K (the hybrid splits it between its halves).
         cutoff: radius of the periodic graph in Å.
         max_neighbors: keep the nearest this many neighbours per atom; ``None`` keeps all within the cutoff.

@@ -1,4 +1,5 @@
-"""Edge inputs of the encoder: periodic radius graph, spherical harmonics, radial basis (SPEC §6.2, 0.2)."""
+"""Edge inputs of the encoder: periodic radius graph, spherical harmonics, radial basis
+(docs/model.md#encoder-graph)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Node embeddings: atom embedding and edge-degree embedding (paper §3.3 / Fig. 4, SPEC §6.5–6.6)."""
+"""Node embeddings: atom embedding and edge-degree embedding (paper §3.3 / Fig. 4, docs/model.md#embedding)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class AtomEmbedding(nn.Module):
 
 
 class EdgeDegreeEmbedding(nn.Module):
-    """Initial l > 0 node features from the geometry of each atom's neighbourhood (SPEC §6.6).
+    """Initial l > 0 node features from the geometry of each atom's neighbourhood (docs/model.md#embedding).
 
     A learnable constant (Linear(1x0e → scalars) applied to 1) is coupled per edge with the edge harmonics
     by a depthwise tensor product weighted by a radial MLP, mapped by a linear layer to the node irreps, and

@@ -1,8 +1,10 @@
-"""Equivariant building blocks: radial MLP, depthwise tensor product, layer norm, gate (SPEC §6.3–6.8).
+"""Equivariant building blocks: radial MLP, depthwise tensor product, layer norm, gate
+(docs/model.md#equivariant-layers).
 
 Features are ``(..., irreps.dim)`` tensors in e3nn layout (blocks in listed order, channel-major, the
 2l + 1 components of each channel contiguous). Equivariant linear layers are :class:`e3nn.o3.Linear`
-(SPEC §6.3's LinearRS: one weight matrix per irrep type, weights normalised by fan-in, biases on 0e only).
+(Equiformer's LinearRS, docs/model.md#equivariant-layers: one weight matrix per irrep type, weights normalised by
+fan-in, biases on 0e only).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ SCALAR = o3.Irrep("0e")
 
 
 class RadialMLP(nn.Module):
-    """Per-edge weights from the radial basis (Equiformer's RadialProfile, SPEC §6.4).
+    """Per-edge weights from the radial basis (Equiformer's RadialProfile, docs/model.md#equivariant-layers).
 
     Linear(K → hidden) → LayerNorm → SiLU → Linear(hidden → hidden) → LayerNorm → SiLU → Linear(hidden → out);
     the last bias is the learnable offset, initialised U(±1/√hidden).
@@ -110,7 +112,7 @@ class DepthwiseTensorProduct(nn.Module):
 
 
 class EquivariantLayerNorm(nn.Module):
-    """Layer norm per irrep block (EquivariantLayerNormV2, SPEC §6.7).
+    """Layer norm per irrep block (EquivariantLayerNormV2, docs/model.md#equivariant-layers).
 
     For each block ``m × l``: 0e blocks are centred over their ``m`` channels; every block is divided by
     √(mean over channels and components of its squares + eps), scaled by a learnable per-channel weight
@@ -145,7 +147,7 @@ class EquivariantLayerNorm(nn.Module):
 
 
 def gate_for(irreps: o3.Irreps) -> e3nn_nn.Gate:
-    """Gate activation whose output holds the channels of ``irreps``, scalars first (SPEC §6.8).
+    """Gate activation whose output holds the channels of ``irreps``, scalars first (docs/model.md#equivariant-layers).
 
     Scalars get SiLU (even) or tanh (odd parity); each l > 0 channel is multiplied by the sigmoid of its own
     extra 0e gate. Activations are second-moment normalised (e3nn). Input layout: ``gate.irreps_in`` =

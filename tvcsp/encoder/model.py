@@ -1,4 +1,4 @@
-"""The TransVAE-CSP encoder: crystal → (μ, log σ²) of the latent (paper §3.2–3.3, SPEC 0.5 and §6.11)."""
+"""The TransVAE-CSP encoder: crystal → (μ, log σ²) of the latent (paper §3.2–3.3, docs/model.md#encoder)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CDVAE-faithful evaluation metrics over pymatgen Structures (SPEC Part 1 §4, Part 0.8), for any model's output.
+"""CDVAE-faithful evaluation metrics over pymatgen Structures (docs/metrics.md), for any model's output.
 
 Entry points: :func:`evaluate_reconstruction` (match rate, RMSE, ceiling, match rate without the validity rule)
 and :func:`evaluate_generation` (validity, COV-R/COV-P, AMSD/AMCD, property EMDs, diversity);

@@ -1,9 +1,10 @@
-"""The per-crystal record every metric reads: construction, composition, validity and fingerprints (SPEC §4.0).
+"""The per-crystal record every metric reads: construction, composition, validity and fingerprints
+(docs/metrics.md#evaluated-crystals).
 
 A crystal is given as arrays (lengths in Å, angles in degrees, atomic numbers Z, fractional coordinates) or as
 a pymatgen ``Structure`` (turned into those arrays). As in CDVAE the structure is always rebuilt from lattice
-parameters, in float32 by default because CDVAE evaluated float32 tensors (SPEC 0.8: float64 changes some
-structure fingerprints).
+parameters, in float32 by default because CDVAE evaluated float32 tensors (docs/metrics.md#precision: float64 changes
+some structure fingerprints).
 
 Construction rules (``EvalCrystal.reason`` names the first failed check):
 
@@ -14,9 +15,9 @@ Construction rules (``EvalCrystal.reason`` names the first failed check):
   fail when fingerprinting such a cell). These crystals are not constructed: no structure, no fingerprints,
   structurally invalid; composition validity is still judged from Z where there are atoms.
 - Constructed but invalid: ``"small_volume"`` (< 0.1 Å³, still fingerprinted and counted in coverage as in
-  CDVAE, SPEC 0.8), ``"overlapping_atoms"`` (two sites < 0.5 Å apart), ``"composition"`` (fails SMACT),
-  ``"fingerprint_failed"`` (a site fingerprint raised; fingerprints ``None``, ``valid`` False, comp/struct
-  validity unchanged), ``"degenerate_lattice"`` (volume per atom < 0.01 Å³: CrystalNN's 7 Å neighbour search
+  CDVAE, docs/metrics.md#evaluated-crystals), ``"overlapping_atoms"`` (two sites < 0.5 Å apart), ``"composition"``
+  (fails SMACT), ``"fingerprint_failed"`` (a site fingerprint raised; fingerprints ``None``, ``valid`` False,
+  comp/struct validity unchanged), ``"degenerate_lattice"`` (volume per atom < 0.01 Å³: CrystalNN's 7 Å neighbour search
   would need > 10^5 neighbours per site and minutes per site, so fingerprinting is skipped and treated as
   failed; such a cell is struct-invalid anyway).
 """
@@ -126,7 +127,7 @@ def crystal_arrays(structure) -> CrystalArrays:
 
 def split_crystal_arrays(lengths, angles, num_atoms, atom_types, frac_coords) -> list[CrystalArrays]:
     """Split batched model output (tensors or arrays: ``(B, 3)``, ``(B, 3)``, ``(B,)``, ``(N,)``, ``(N, 3)``)
-    into one :class:`CrystalArrays` per crystal. Pass evaluation index 0 only (SPEC §4.0)."""
+    into one :class:`CrystalArrays` per crystal. Pass evaluation index 0 only (docs/metrics.md#evaluated-crystals)."""
     lengths, angles, frac_coords = _numpy(lengths), _numpy(angles), _numpy(frac_coords).reshape(-1, 3)
     num_atoms, atom_types = _numpy(num_atoms).astype(np.int64), _numpy(atom_types).astype(np.int64)
     if num_atoms.sum() != len(atom_types) or len(atom_types) != len(frac_coords):
@@ -158,7 +159,7 @@ def _construct(arrays: CrystalArrays, precision: Precision):
             warnings.simplefilter("ignore", RuntimeWarning)  # impossible angles: NaN, caught below
             lattice = Lattice.from_parameters(*lengths.tolist(), *angles.tolist())
             structure = Structure(lattice, z.tolist(), frac, coords_are_cartesian=False)
-    except Exception:  # noqa: BLE001 - any failure to build is "not constructed" (SPEC §4.0)
+    except Exception:  # noqa: BLE001 - any failure to build is "not constructed" (docs/metrics.md#evaluated-crystals)
         return None, "construction_failed"
     if not (np.isfinite(structure.volume) and structure.volume > 0):
         return None, "singular_lattice"

@@ -1,4 +1,5 @@
-"""CDVAE's periodic CrystalNN bond graph (SPEC §1.3), built on a crystal exactly as given (SPEC 0.8).
+"""CDVAE's periodic CrystalNN bond graph (CDVAE cdvae/common/data_utils.py), built on a crystal exactly as given
+(docs/metrics.md#property-model).
 
 No Niggli reduction, no re-wrapping: the fractional coordinates and the lattice of the structure are used as
 they are, and the image offsets pymatgen reports refer to those coordinates. Graph building is the slow part

