@@ -120,7 +120,78 @@ def test_training_run_writes_labelled_outputs_and_refuses_mismatched_resume(toy,
 
 def test_non_finite_loss_stops_with_a_message(toy, tmp_path, monkeypatch):
     info, root = toy
-    monkeypatch.setattr(CrystalVAE, "forward", lambda self, batch, teacher_forcing=False: {
+    monkeypatch.setattr(CrystalVAE, "forward", lambda self, batch, teacher_forcing=False, **kw: {
         "loss": torch.tensor(float("nan"), requires_grad=True), "val_loss": torch.tensor(1.0)})
     with pytest.raises(FloatingPointError, match="non-finite loss at epoch 0"):
         train(info, "quick", tmp_path / "nan", data_dir=root, progress=False, **TINY)
+
+
+KILL_AT_STEP = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from conftest import toy_dataset
+from pathlib import Path
+from tvcsp import train as t
+
+original = t.LastCheckpoint.on_train_batch_end
+
+def on_train_batch_end(self, trainer, *args):
+    original(self, trainer, *args)
+    if trainer.global_step == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind, as with kill -9
+
+t.LastCheckpoint.on_train_batch_end = on_train_batch_end
+info = toy_dataset(Path({root!r}))
+t.train(info, "quick", {run!r}, data_dir={root!r}, progress=False, **{settings!r})
+"""
+
+
+def test_killed_run_resumes_from_its_last_periodic_checkpoint(toy, tmp_path):
+    """kill -9 in the middle of an epoch: the resumed run loses at most N steps and then repeats the
+    uninterrupted run step for step (same losses, same final weights)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    info, root = toy
+    settings = {**TINY, "max_epochs": 3, "batch_size": 2, "checkpoint_every_n_steps": 2}  # 3 batches per epoch
+    full = train(info, "quick", tmp_path / "full", data_dir=root, progress=False, **settings)
+    run = tmp_path / "killed"
+    script = KILL_AT_STEP.format(tests=str(Path(__file__).parent), kill_at=5, root=str(root), run=str(run),
+                                 settings=settings)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 4  # written every 2 steps: step 5 is lost, no more
+    resumed = train(info, "quick", run, resume=True, data_dir=root, progress=False, **settings)
+    assert resumed.metrics["steps"] == full.metrics["steps"] == 9
+    a, b = step_losses(tmp_path / "full"), step_losses(run)
+    pd.testing.assert_series_equal(a.loc[b.index], b, rtol=1e-5)
+    assert b.index.min() <= 5 and b.index.max() == a.index.max()
+    w_full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    w_resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for k in w_full:
+        torch.testing.assert_close(w_resumed[k], w_full[k], rtol=1e-4, atol=1e-6)
+
+
+def test_validation_noise_is_fixed_so_the_selection_metric_moves_only_with_the_model(toy):
+    info, root = toy
+    model, train_set = tiny_model(info, root)
+    from tvcsp.train import TVCSPModule
+
+    module = TVCSPModule(model.eval(), make_configs(info, "quick", **TINY)[1], info.label)
+    batch = next(iter(DataLoader(CrystalDataset(train_set, model.scalers), batch_size=6)))
+    logged = []
+    module.log = lambda name, value, **kw: logged.append((name, float(value.detach())))
+    module.log_dict = lambda *a, **kw: None
+    torch.manual_seed(0)
+    module.validation_step(batch, 0)
+    torch.manual_seed(1)  # whatever the global state, the same noise
+    module.validation_step(batch, 0)
+    assert logged[0] == logged[1] and logged[0][0] == "val_loss"
+    with torch.no_grad():
+        next(model.decoder.parameters()).mul_(1.5)
+    module.validation_step(batch, 0)
+    assert logged[2][1] != logged[0][1]

@@ -150,6 +150,7 @@ def langevin(
     seed: int | None = None,
     active: torch.Tensor | None = None,
     force_types: bool = False,
+    type_bias: torch.Tensor | None = None,
     precision: str = "32",
     compile: bool = False,
     progress: bool = True,
@@ -158,7 +159,7 @@ def langevin(
 
     For every level σ ≥ ``min_sigma`` of ``sigmas`` (descending) with α = step_lr·(σ/σ_L)², σ_L = ``sigmas[-1]``,
     ``n_step_each`` times: (ŝ, logits) = score_fn(z, f, types, N, L); x = f·L; x ← x + α·ŝ/σ + √(2α)·η
-    (η ~ N(0, I₃), Cartesian Å); f ← (x·L⁺) mod 1; types ← argmax(logits) + 1 unless ``force_types``.
+    (η ~ N(0, I₃), Cartesian Å); f ← (x·L⁺) mod 1; types ← argmax(logits + bias) + 1 unless ``force_types``.
 
     Args:
         score_fn: see :data:`ScoreFn`; ŝ is unit-scale (the score estimate is ŝ/σ).
@@ -167,6 +168,8 @@ def langevin(
         init_types: ``(N,)`` Z; init_frac: ``(N, 3)`` fractional, default uniform in [0, 1)³.
         generator / seed: random source on ``z.device`` (``seed`` used when no generator is given).
         active: ``(B,)`` bool, crystals to evolve (others keep their initial coordinates and types).
+        type_bias: ``(B, T)`` added to every atom's type logits before the argmax (``None``: CDVAE's rule, the
+            decoder's logits alone); see ``composition_prior`` of :func:`decode`.
         precision: ``'32'`` or ``'bf16'`` (autocast of the ``score_fn`` call only).
         compile: wrap ``score_fn`` with :func:`torch.compile` (``dynamic=True``).
         progress: a progress bar advanced once per level.
@@ -185,6 +188,7 @@ def langevin(
     batch = torch.repeat_interleave(torch.arange(num_atoms.numel(), device=device), num_atoms, output_size=n_total)
     lat_atom, inv_atom = lattice[batch], torch.linalg.pinv(lattice)[batch]  # (N, 3, 3)
     moving = None if active is None else active[batch]
+    bias = None if type_bias is None else type_bias.to(device)[batch]
     fn = torch.compile(score_fn, dynamic=True) if compile else score_fn
     autocast = _autocast(device, precision)
     with tqdm(total=drift.numel(), desc="Langevin levels", disable=not progress, leave=False) as bar:
@@ -197,6 +201,8 @@ def langevin(
                 cart = torch.bmm(frac.unsqueeze(1), lat_atom).squeeze(1)
                 cart = cart + step_drift * score.to(frac.dtype) + step_noise * eta
                 new_frac = torch.remainder(torch.bmm(cart.unsqueeze(1), inv_atom).squeeze(1), 1.0)
+                if bias is not None:
+                    logits = logits.to(bias.dtype) + bias
                 new_types = types if force_types else logits.argmax(dim=-1) + 1
                 if moving is None:
                     frac, types = new_frac, new_types
@@ -219,6 +225,7 @@ def decode(
     atom_types: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    composition_prior: bool = False,
     precision: str = "32",
     compile: bool = False,
     progress: bool = True,
@@ -233,6 +240,9 @@ def decode(
     Args:
         model: the VAE (put it in eval mode first); z: ``(B, latent)`` on the model's device.
         num_atoms: ``(B,)`` forced atom counts; atom_types: ``(Σ N_b,)`` forced types (kept fixed).
+        composition_prior: each step's types are argmax(decoder logits + log p(element | z)) with p from the
+            composition head, so an element the head rules out is never chosen (``False``: CDVAE's rule, the
+            decoder's argmax alone, which can swap an element for a chemically similar one).
         Other arguments as in :func:`langevin`.
 
     Returns:
@@ -245,14 +255,16 @@ def decode(
     lengths, angles = model.lattice_from_scaled(model.fc_lattice(z), num_atoms)
     lengths, angles = lengths.float(), angles.float()
     lattice, valid = checked_lattice(lengths, angles)
+    composition = torch.log_softmax(model.fc_composition(z).float(), -1)
     if atom_types is None:
-        init_types = composition_sample(torch.softmax(model.fc_composition(z).float(), -1), num_atoms, generator)
+        init_types = composition_sample(composition.exp(), num_atoms, generator)
     else:
         init_types = atom_types.to(device).long()
     frac, types = langevin(
         model.decoder, z, num_atoms, lattice, model.sigmas, init_types, n_step_each=n_step_each, step_lr=step_lr,
         min_sigma=min_sigma, generator=generator, active=valid, force_types=atom_types is not None,
-        precision=precision, compile=compile, progress=progress,
+        type_bias=composition if composition_prior else None, precision=precision, compile=compile,
+        progress=progress,
     )
     return {"num_atoms": num_atoms, "lengths": lengths, "angles": angles, "frac_coords": frac.float(),
             "atom_types": types, "valid_lattice": valid}

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     max_epochs: int = 3500
     max_steps: int = -1
+    max_time: str | None = None
     batch_size: int = 512
     val_batch_size: int = 256
     lr: float = 1e-4
@@ -59,9 +61,30 @@ class TrainConfig:
     num_nodes: int = 1
     num_workers: int = 0
     tensorboard: bool = False
+    checkpoint_every_n_steps: int = 50
+    select_by: str = "val_loss"
+    probe_every_n_epochs: int = 0
+    probe_size: int = 64
+    probe_n_step_each: int = 10
+    probe_latent: str = "sample"
+    probe_composition_prior: bool = True
+    kl_warmup_steps: int = 0
+
+    def __post_init__(self):
+        if self.select_by not in SELECTION_METRICS:
+            raise ValueError(f"select_by must be one of {SELECTION_METRICS}, got {self.select_by!r}")
+        if self.select_by != "val_loss" and self.probe_every_n_epochs < 1:
+            raise ValueError(f"select_by={self.select_by!r} needs probe_every_n_epochs ≥ 1")
+        if self.checkpoint_every_n_steps < 1:
+            raise ValueError(f"checkpoint_every_n_steps must be positive, got {self.checkpoint_every_n_steps}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+SELECTION_METRICS = ("val_loss", "probe_val_match_rate")
+"""What picks the exported model: the fixed-noise validation loss (lower is better) or the match rate of the
+validation probe set (higher is better; needs the probe callback)."""
 
 
 CDVAE_TRAINING = {  # docs/model.md#training per dataset; epochs from the paper (paper Table 4)
@@ -70,7 +93,7 @@ CDVAE_TRAINING = {  # docs/model.md#training per dataset; epochs from the paper 
     "mp_20": dict(batch_size=256, teacher_forcing_max_epoch=500),
 }
 
-PROFILES = ("quick", "paper")
+PROFILES = ("quick", "cpu", "paper")
 
 
 def _base_name(info: DatasetInfo) -> str:
@@ -112,9 +135,14 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
         decoder = DecoderConfig(hidden_dim=64, emb_size_trip=32, emb_size_bil_trip=32, num_radial=32,
                                 num_blocks=2, scale_factors="cdvae")
         vae = VAEConfig(encoder=encoder, decoder=decoder, hidden_dim=128, max_atoms=info.max_atoms or 20)
-        train = TrainConfig(dataset=info.name, max_epochs=30, batch_size=64, val_batch_size=128, lr=1e-3,
-                            min_lr=1e-4, lr_patience=5, val_every_n_epochs=1, teacher_forcing_max_epoch=10,
-                            train_subset=512, val_subset=128, coordination_sample=256)
+        if profile == "quick":
+            train = TrainConfig(dataset=info.name, max_epochs=30, batch_size=64, val_batch_size=128, lr=1e-3,
+                                min_lr=1e-4, lr_patience=5, val_every_n_epochs=1, teacher_forcing_max_epoch=10,
+                                train_subset=512, val_subset=128, coordination_sample=256)
+        else:
+            train = TrainConfig(dataset=info.name, max_epochs=1000, batch_size=64, val_batch_size=256, lr=1e-3,
+                                min_lr=1e-4, lr_patience=10, val_every_n_epochs=1, teacher_forcing_max_epoch=0,
+                                val_subset=512, probe_every_n_epochs=5, coordination_sample=2000)
     return dataclasses.replace(vae, predict_property=predict_property), dataclasses.replace(train, **overrides)
 
 
@@ -132,9 +160,16 @@ class TVCSPModule(L.LightningModule):
             seed = (seed * 1_000_003 + k) % (2**63 - 1)
         torch.manual_seed(seed)
 
+    def kl_scale(self) -> float:
+        """KL warm-up: the KL weight ramps linearly from 0 to its configured value over ``kl_warmup_steps``."""
+        steps = self.train_config.kl_warmup_steps
+        return 1.0 if steps <= 0 else min(1.0, self.global_step / steps)
+
     def training_step(self, batch, batch_idx):
         self._seed(0, self.global_step)
         out = self.model(batch, teacher_forcing=self.current_epoch <= self.train_config.teacher_forcing_max_epoch)
+        if self.train_config.kl_warmup_steps > 0:
+            out["loss"] = out["loss"] - (1.0 - self.kl_scale()) * self.model.config.loss.kld * out["kld"]
         if not torch.isfinite(out["loss"]):
             terms = {k: float(v) for k, v in out.items() if k != "loss"}
             raise FloatingPointError(
@@ -147,8 +182,12 @@ class TVCSPModule(L.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch, batch_idx):
-        self._seed(1, self.current_epoch, batch_idx)
-        out = self.model(batch, teacher_forcing=False)
+        """Fixed noise: the same draws at every validation, and the noise levels spread evenly over the crystals
+        (crystal i of the split at level i mod L), so the loss moves only when the model does."""
+        self._seed(1, batch_idx)
+        n_levels, first = self.model.sigmas.numel(), batch_idx * self.train_config.val_batch_size
+        levels = torch.arange(first, first + batch.num_atoms.numel(), device=self.device) % n_levels
+        out = self.model(batch, teacher_forcing=False, levels=levels)
         n = batch.num_atoms.numel()
         logged = {("val_total_loss" if k == "loss" else f"val_{k}"): v for k, v in out.items() if k != "val_loss"}
         self.log_dict(logged, batch_size=n, sync_dist=True)
@@ -179,20 +218,65 @@ class TVCSPModule(L.LightningModule):
 
 
 class SeededSampler(torch.utils.data.Sampler):
-    """A shuffle that depends only on (seed, epoch): Lightning calls ``set_epoch`` before every epoch."""
+    """A shuffle that depends only on (seed, epoch): Lightning calls ``set_epoch`` before every epoch.
+
+    ``skip`` drops the first indices of the next pass only (a run resumed in the middle of an epoch continues
+    with the crystals that epoch had not yet seen).
+    """
 
     def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        skip, self.skip = self.skip, 0
+        return iter(torch.randperm(self.n, generator=g)[skip:].tolist())
 
     def __len__(self) -> int:
         return self.n
+
+
+class LastCheckpoint(L.Callback):
+    """``last.ckpt`` every ``every_n_steps`` optimiser steps, at the end of training and on Ctrl-C, whatever the
+    monitored metric does; written atomically (temporary file + rename), so a kill -9 loses at most
+    ``every_n_steps`` steps and never leaves a broken file. A run resumed from a checkpoint written in the
+    middle of an epoch continues that epoch with the batches it had not yet seen."""
+
+    def __init__(self, path: Path, every_n_steps: int):
+        self.path, self.every = Path(path), every_n_steps
+        self._saved_step = -1
+
+    def save(self, trainer) -> None:
+        if trainer.global_step == self._saved_step or trainer.global_rank != 0 and trainer.world_size > 1:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".ckpt.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.global_rank == 0:
+            os.replace(tmp, self.path)
+        self._saved_step = trainer.global_step
+
+    def on_train_start(self, trainer, module) -> None:
+        """After a restore: skip the batches of the current epoch that were trained before the checkpoint."""
+        done = trainer.global_step - trainer.current_epoch * trainer.num_training_batches
+        loader = trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        if 0 < done < trainer.num_training_batches and isinstance(sampler, SeededSampler):
+            sampler.skip = done * loader.batch_size
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.save(trainer)
+
+    def on_exception(self, trainer, module, exception) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.save(trainer)
 
 
 @dataclass
@@ -209,6 +293,10 @@ def _subset(crystals, n: int | None, seed: int):
     if n is None or n >= len(crystals):
         return crystals
     return crystals.select(torch.randperm(len(crystals), generator=torch.Generator().manual_seed(seed))[:n])
+
+
+def _first(crystals, n: int):
+    return crystals.select(torch.arange(min(n, len(crystals))))
 
 
 def check_resumable(checkpoint: Path, vae: VAEConfig, dataset_label: str) -> None:
@@ -292,17 +380,28 @@ def train(
     val_loader = DataLoader(CrystalDataset(val_set, scalers), batch_size=cfg.val_batch_size,
                             num_workers=cfg.num_workers)
 
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss",
-                                  mode="min", save_top_k=1, save_last=True)
+    monitor, mode = cfg.select_by, "min" if cfg.select_by == "val_loss" else "max"
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                                  save_top_k=1, save_last=False)
+    callbacks = [checkpoints, LastCheckpoint(last, cfg.checkpoint_every_n_steps)]
+    if cfg.probe_every_n_epochs > 0:
+        from .diagnostics import ProbeCallback
+
+        probes = {"train": _first(train_set, cfg.probe_size), "val": _first(val_set, cfg.probe_size)}
+        callbacks.insert(0, ProbeCallback(probes, cfg.probe_every_n_epochs, n_step_each=cfg.probe_n_step_each,
+                                          latent=cfg.probe_latent, composition_prior=cfg.probe_composition_prior,
+                                          seed=cfg.seed))
     trainer = L.Trainer(
-        max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
-        num_nodes=cfg.num_nodes, precision=cfg.precision, gradient_clip_val=cfg.grad_clip_value,
+        max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, max_time=cfg.max_time, accelerator=cfg.accelerator,
+        devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision, gradient_clip_val=cfg.grad_clip_value,
         gradient_clip_algorithm="value", check_val_every_n_epoch=cfg.val_every_n_epochs,
-        callbacks=[checkpoints], logger=_loggers(run_dir, cfg.tensorboard), default_root_dir=run_dir,
+        callbacks=callbacks, logger=_loggers(run_dir, cfg.tensorboard), default_root_dir=run_dir,
         enable_progress_bar=progress, enable_model_summary=progress, num_sanity_val_steps=2,
         log_every_n_steps=max(1, min(50, len(train_loader))),
     )
     module = TVCSPModule(model, cfg, info.label)
+    # LastCheckpoint makes the seeded sampler skip what a mid-epoch checkpoint had already trained on
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     trainer.fit(module, train_loader, val_loader, ckpt_path=last if resume and last.is_file() else None,
                 weights_only=True)
 

@@ -146,12 +146,16 @@ class CrystalVAE(nn.Module):
         return self.fc_num_atoms(z).argmax(dim=-1)
 
     # -- training -----------------------------------------------------------------------------------------
-    def forward(self, batch, teacher_forcing: bool = False) -> dict[str, torch.Tensor]:
-        """All loss terms (docs/model.md#losses), ``loss`` (weighted total), ``val_loss`` (10·coord + type) and
-        metrics."""
+    def forward(self, batch, teacher_forcing: bool = False, levels: int | torch.Tensor | None = None,
+                sample: bool = True) -> dict[str, torch.Tensor]:
+        """All loss terms (docs/model.md#losses), ``loss`` (weighted total), ``val_loss`` (10·coord + type) and metrics.
+
+        ``levels``: noise level index per crystal ``(B,)`` or one for all, used for coordinates and types alike
+        (``None``: drawn uniformly and independently, as in training). ``sample=False`` decodes z = μ.
+        """
         w, n_crystals = self.config.loss, batch.num_atoms.numel()
         atom_batch = batch.batch
-        mu, logvar, z = self.encode(batch)
+        mu, logvar, z = self.encode(batch, sample=sample)
         natom_logits, scaled_pred = self.fc_num_atoms(z), self.fc_lattice(z)
         comp_logits = self.fc_composition(z)[atom_batch]
         lengths, angles = self.lattice_from_scaled(scaled_pred, batch.num_atoms)
@@ -160,8 +164,11 @@ class CrystalVAE(nn.Module):
         lattice_used = lattice_params_to_matrix(lengths, angles)
         lattice_gt = lattice_params_to_matrix(batch.lengths, batch.angles)
 
-        level = torch.randint(0, self.sigmas.numel(), (n_crystals,), device=z.device)
-        type_level = torch.randint(0, self.type_sigmas.numel(), (n_crystals,), device=z.device)
+        if levels is None:
+            level = torch.randint(0, self.sigmas.numel(), (n_crystals,), device=z.device)
+            type_level = torch.randint(0, self.type_sigmas.numel(), (n_crystals,), device=z.device)
+        else:
+            level = type_level = torch.as_tensor(levels, device=z.device).long().expand(n_crystals)
         sigma = self.sigmas[level][atom_batch].unsqueeze(-1)
         type_sigma = self.type_sigmas[type_level][atom_batch]
         noisy_types = self.noisy_atom_types(batch.atom_types, comp_logits, type_sigma)

@@ -1,0 +1,93 @@
+"""Fit test: can the model reconstruct the crystals it was trained on?
+
+Trains on ``--n`` perov_5 training crystals for at most ``--minutes`` of wall-clock time, then reconstructs
+those same crystals with CDVAE's StructureMatcher settings (stol 0.5, angle_tol 10°, ltol 0.3) under several
+decoding variants, and prints a table. A model that cannot pass this is broken, not under-trained.
+
+Run: ``python benchmarks/fit_test.py --minutes 15 [--profile cpu] [--set lr=1e-3 --set batch_size=32]``.
+Writes ``<run-dir>/fit_test.json`` with the settings, training summary, timings and the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from tvcsp.checkpoint import cpu_name, load_model, provenance
+from tvcsp.data import get_dataset, load_split
+from tvcsp.diagnostics import denoising_by_level, latent_usage, probe_reconstruction
+from tvcsp.train import _subset, train
+
+VARIANTS = {  # name: probe_reconstruction keyword arguments
+    "sample z, CDVAE types": dict(latent="sample", composition_prior=False),
+    "sample z, composition prior": dict(latent="sample", composition_prior=True),
+    "mu, composition prior": dict(latent="mu", composition_prior=True),
+    "mu, true types forced": dict(latent="mu", force_atom_types=True),
+}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=64, help="training crystals (also the probe set)")
+    parser.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--run-dir", default="runs/fit_test")
+    parser.add_argument("--n-step-each", type=int, default=20, help="Langevin steps per noise level")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    overrides = {"train_subset": args.n, "val_subset": args.n, "val_every_n_epochs": 50, "max_epochs": 100_000,
+                 "max_time": f"00:00:{int(args.minutes)}:{int(args.minutes % 1 * 60):02d}",
+                 **parse_overrides(args.set)}
+    start = time.perf_counter()
+    result = train("perov_5", args.profile, args.run_dir, resume=args.resume, progress=False, **overrides)
+    train_s = time.perf_counter() - start
+    info = get_dataset("perov_5")
+    crystals = _subset(load_split(info, "train", progress=False), args.n, result.metrics["train"]["seed"])
+    model = last_model(result)
+    table = {}
+    for name, variant in VARIANTS.items():
+        t0 = time.perf_counter()
+        probe = probe_reconstruction(model, crystals, n_step_each=args.n_step_each, batch_size=args.n, **variant)
+        table[name] = {**probe, "seconds": time.perf_counter() - t0}
+        print(f"{name:32s} match {probe['match_rate']:.3f}  rmse {probe['rmse'] or float('nan'):.4f}  "
+              f"composition {probe['composition_accuracy']:.3f}  natoms {probe['natom_accuracy']:.3f}", flush=True)
+    report = {
+        "dataset": info.label, "split": "train", "n": args.n, "profile": args.profile, "overrides": overrides,
+        "train_seconds": train_s, "steps": result.metrics["steps"], "epochs": result.metrics["epochs_run"],
+        "threads": args.threads, "machine": cpu_name(), "latent_usage": {
+            k: v for k, v in latent_usage(model, crystals).items() if k != "kl_per_dim"},
+        "denoising": denoising_by_level(model, crystals), "reconstruction": table, **provenance(),
+    }
+    print(json.dumps({k: report[k] for k in ("train_seconds", "steps", "latent_usage", "denoising")}, indent=1))
+    Path(args.run_dir, "fit_test.json").write_text(json.dumps(report, indent=1))
+
+
+def last_model(result):
+    """The model at the end of training (the fit test asks about the crystals it trained on), in eval mode."""
+    model = load_model(result.model_path)
+    state = torch.load(result.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
+    return model.eval()
+
+
+if __name__ == "__main__":
+    main()

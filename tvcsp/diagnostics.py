@@ -1,0 +1,194 @@
+"""Learning diagnostics: what each head has learnt, how much the latent carries, and the reconstruction
+match rate of a fixed probe set — the number users care about — as a training curve.
+
+* :func:`probe_reconstruction` — encode a fixed set of crystals, decode them with a short sampler and score
+  them with CDVAE's StructureMatcher rule (match rate, RMSE, and what went wrong when they do not match).
+* :func:`latent_usage` — spread of μ across crystals against the posterior σ, KL per dimension, active units.
+* :func:`denoising_by_level` — the decoder's coordinate-score error and type accuracy at chosen noise levels.
+* :class:`ProbeCallback` — a Lightning callback logging all three every few epochs.
+
+Everything here runs the model in eval mode without gradients and restores the training mode afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import lightning as L
+import torch
+from torch_geometric.data import Batch
+
+from .data import CrystalDataset, CrystalTensors
+from .sampling import decode, make_generator
+
+__all__ = ["ProbeCallback", "denoising_by_level", "latent_usage", "probe_reconstruction"]
+
+
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _batches(model, crystals: CrystalTensors, batch_size: int):
+    """PyG batches of ``crystals`` in order, on the model's device, with the model's scalers applied."""
+    items = CrystalDataset(crystals, model.scalers)
+    device = next(model.parameters()).device
+    for start in range(0, len(crystals), batch_size):
+        yield Batch.from_data_list([items[i] for i in range(start, min(start + batch_size, len(crystals)))]).to(device)
+
+
+def _same_composition(types_a, types_b) -> bool:
+    return sorted(types_a.tolist()) == sorted(types_b.tolist())
+
+
+def probe_reconstruction(
+    model, crystals: CrystalTensors, *, latent: str = "sample", n_step_each: int = 10, step_lr: float = 1e-4,
+    composition_prior: bool = False, force_atom_types: bool = False, seed: int = 0, batch_size: int = 128,
+    workers: int | None = 1,
+) -> dict:
+    """Reconstruct ``crystals`` and score them with CDVAE's matcher (stol 0.5, angle_tol 10°, ltol 0.3).
+
+    Args:
+        model: a :class:`~tvcsp.vae.CrystalVAE`.
+        crystals: the probe set (keep it small: every crystal costs ``50 × n_step_each`` decoder calls).
+        latent: ``'sample'`` decodes z = μ + σ·ε (CDVAE's reconstruction), ``'mu'`` decodes μ.
+        n_step_each, step_lr, composition_prior: sampler settings (see :func:`tvcsp.sampling.decode`).
+        force_atom_types: decode with the true atom types and counts (isolates the coordinate score).
+        seed: seeds ε and the sampler; workers: processes for the matcher (1 = in this process).
+
+    Returns:
+        ``match_rate``, ``rmse`` (CDVAE's rule), ``match_rate_no_validity``, ``natom_accuracy`` (decoded atom
+        count right), ``composition_accuracy`` (decoded multiset of elements right), ``n``, and the settings.
+    """
+    from .metrics import evaluate_reconstruction
+    from .tasks import to_structures
+
+    if latent not in ("sample", "mu"):
+        raise ValueError(f"latent must be 'sample' or 'mu', got {latent!r}")
+    generator = make_generator(seed, next(model.parameters()).device)
+    preds, truths, natom_ok, comp_ok = [], [], [], []
+    with _evaluating(model):
+        for batch in _batches(model, crystals, batch_size):
+            mu, logvar, _ = model.encode(batch, sample=False)
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = mu + torch.exp(0.5 * logvar) * eps if latent == "sample" else mu
+            forced = {"num_atoms": batch.num_atoms, "atom_types": batch.atom_types} if force_atom_types else {}
+            out = decode(model, z, n_step_each=n_step_each, step_lr=step_lr, composition_prior=composition_prior,
+                         generator=generator, progress=False, **forced)
+            samples = {k: v.unsqueeze(0).cpu() for k, v in out.items()}
+            samples.update({f"gt_{k}": getattr(batch, k).cpu()
+                            for k in ("num_atoms", "lengths", "angles", "frac_coords", "atom_types")})
+            preds += to_structures(samples)
+            truths += to_structures(samples, ground_truth=True)
+            natom_ok += (out["num_atoms"].cpu() == batch.num_atoms.cpu()).tolist()
+            pred_types = out["atom_types"].cpu().split(out["num_atoms"].cpu().tolist())
+            true_types = batch.atom_types.cpu().split(batch.num_atoms.cpu().tolist())
+            comp_ok += [_same_composition(a, b) for a, b in zip(pred_types, true_types, strict=True)]
+    metrics = evaluate_reconstruction(preds, truths, workers=workers, progress=False)
+    return {
+        "n": len(crystals), "match_rate": metrics["match_rate"], "rmse": metrics["rmse"],
+        "match_rate_no_validity": metrics["match_rate_no_validity"],
+        "natom_accuracy": sum(natom_ok) / max(len(natom_ok), 1),
+        "composition_accuracy": sum(comp_ok) / max(len(comp_ok), 1),
+        "latent": latent, "n_step_each": n_step_each, "step_lr": step_lr,
+        "composition_prior": composition_prior, "force_atom_types": force_atom_types, "seed": seed,
+    }
+
+
+def latent_usage(model, crystals: CrystalTensors, batch_size: int = 256, active_threshold: float = 0.01) -> dict:
+    """How much information z carries about the crystal.
+
+    Returns:
+        ``mu_spread``: mean over dimensions of the standard deviation of μ across crystals;
+        ``posterior_sigma``: mean posterior σ; ``kl_per_dim`` (list, nats, averaged over crystals);
+        ``kl``: their sum; ``active_units``: dimensions whose μ varies across crystals with variance above
+        ``active_threshold`` (Burda et al.'s count).
+    """
+    mus, logvars = [], []
+    with _evaluating(model):
+        for batch in _batches(model, crystals, batch_size):
+            mu, logvar, _ = model.encode(batch, sample=False)
+            mus.append(mu.double().cpu())
+            logvars.append(logvar.double().cpu())
+    mu, logvar = torch.cat(mus), torch.cat(logvars)
+    kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp())).mean(0)
+    variance = mu.var(0) if mu.shape[0] > 1 else torch.zeros(mu.shape[1], dtype=mu.dtype)
+    return {
+        "mu_spread": float(variance.sqrt().mean()),
+        "posterior_sigma": float(torch.exp(0.5 * logvar).mean()),
+        "kl_per_dim": kl.tolist(),
+        "kl": float(kl.sum()),
+        "active_units": int((variance > active_threshold).sum()),
+    }
+
+
+def denoising_by_level(model, crystals: CrystalTensors, levels: tuple[int, ...] = (0, 10, 20, 30, 40, 49),
+                       seed: int = 0, batch_size: int = 256) -> dict:
+    """Coordinate-score loss and decoder type accuracy with every crystal noised at each of ``levels``
+    (indices into the model's 50 noise levels, 0 = largest σ), z = μ, the true lattice.
+
+    Returns:
+        ``{"sigma": [...], "coord": [...], "type_accuracy": [...]}`` in the order of ``levels``.
+    """
+    out = {"sigma": [], "coord": [], "type_accuracy": []}
+    with _evaluating(model):
+        for level in levels:
+            coord = accuracy = count = 0.0
+            for b, batch in enumerate(_batches(model, crystals, batch_size)):
+                torch.manual_seed(seed * 1_000_003 + b)
+                terms = model(batch, teacher_forcing=True, levels=level, sample=False)
+                n = batch.num_atoms.numel()
+                coord, accuracy, count = coord + n * float(terms["coord"]), accuracy + n * float(
+                    terms["type_accuracy"]), count + n
+            out["sigma"].append(float(model.sigmas[level]))
+            out["coord"].append(coord / count)
+            out["type_accuracy"].append(accuracy / count)
+    return out
+
+
+class ProbeCallback(L.Callback):
+    """At the end of a validation run, every ``every_n_epochs`` epochs (and at the first one), log the probe
+    match rate of each probe set (``probe_<name>_match_rate``, ``…_composition_accuracy``) and the latent usage
+    of the first set; the values stay in ``trainer.callback_metrics`` so a checkpoint callback listed after this
+    one can select on them.
+
+    Args:
+        probes: ``{name: CrystalTensors}``, e.g. ``{"train": 64 training crystals, "val": 64 validation ones}``.
+        every_n_epochs: how often; sampler: keyword arguments of :func:`probe_reconstruction`.
+    """
+
+    def __init__(self, probes: dict[str, CrystalTensors], every_n_epochs: int = 10, **sampler):
+        self.probes, self.every, self.sampler = probes, every_n_epochs, sampler
+        self.history: list[dict] = []
+        self._last: dict[str, float] = {}
+
+    def _probe(self, trainer, module) -> dict[str, float]:
+        model = module.model
+        row = {}
+        for name, crystals in self.probes.items():
+            result = probe_reconstruction(model, crystals, **self.sampler)
+            row[f"probe_{name}_match_rate"] = result["match_rate"]
+            row[f"probe_{name}_composition_accuracy"] = result["composition_accuracy"]
+        usage = latent_usage(model, next(iter(self.probes.values())))
+        row.update(mu_spread=usage["mu_spread"], posterior_sigma=usage["posterior_sigma"], kl=usage["kl"],
+                   active_units=usage["active_units"])
+        metrics = {k: float(v) for k, v in row.items() if v is not None and math.isfinite(float(v))}
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(metrics, step=trainer.global_step)
+        return metrics
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.sanity_checking:
+            return
+        if not self._last or (trainer.current_epoch + 1) % self.every == 0:
+            self._last = self._probe(trainer, module)
+        for k, v in self._last.items():
+            trainer.callback_metrics[k] = torch.tensor(v)
