@@ -190,8 +190,11 @@ def test_stats_on_crystals_with_known_answers(toy):
     # simple cubic: 6 neighbours at 3.0 Å; rock salt (a = 5.64): 6 at 2.82 Å
     assert stats.mean_graph_degree == pytest.approx(6.0)
     assert stats.elements == (11, 17, 84)
-    capped = compute_stats(load_split(known, "train", data_dir=root, progress=False), 4.5, 4, progress=False)
-    assert capped.mean_graph_degree == pytest.approx(4.0)
+    train = load_split(known, "train", data_dir=root, progress=False)
+    # a cap of 4 falls inside both crystals' 6-fold tied first shell: the whole shell is kept
+    assert compute_stats(train, 4.5, 4, progress=False).mean_graph_degree == pytest.approx(6.0)
+    # a cap of 7 falls inside the 12-fold second shell (4.24 Å; 3.99 Å): kept whole as well
+    assert compute_stats(train, 4.5, 7, progress=False).mean_graph_degree == pytest.approx(18.0)
 
 
 def test_pyg_dataset_batches(toy):

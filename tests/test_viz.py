@@ -80,10 +80,13 @@ def test_edge_distances_rocksalt():
 
 def test_edge_distances_sample_and_cap(crystals):
     full = edge_distances(crystals, cutoff=6.0, max_neighbors=8)
-    assert full.numel() == 8 * int(crystals.num_atoms.sum())
+    uncapped = edge_distances(crystals, cutoff=6.0, max_neighbors=None)
+    # at least 8 edges per atom (more where the 8th neighbour's shell is tied), never more than the cutoff allows
+    assert 8 * int(crystals.num_atoms.sum()) <= full.numel() < uncapped.numel()
     assert float(full.max()) <= 6.0
     part = edge_distances(crystals, cutoff=6.0, max_neighbors=8, max_crystals=1, seed=1)
-    assert part.numel() in [8 * int(n) for n in crystals.num_atoms]  # one crystal's edges
+    one = [edge_distances(crystals.select(torch.tensor([i])), 6.0, 8).numel() for i in range(len(crystals))]
+    assert part.numel() in one  # one crystal's edges
 
 
 def test_plot_dataset_histograms(tmp_path, crystals):
