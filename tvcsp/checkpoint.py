@@ -4,23 +4,34 @@ with ``torch.load(weights_only=True)``, written atomically, with clear errors wh
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import subprocess
+import zipfile
 from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .data import DatasetStats, Scalers
 from .vae import CrystalVAE, VAEConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointMismatchError", "cpu_name", "load_model", "provenance", "save_model"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointMismatchError",
+    "cpu_name",
+    "load_model",
+    "provenance",
+    "read_checkpoint",
+    "save_model",
+]
 
 CHECKPOINT_FORMAT = "tvcsp-model-1"
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint that does not fit the model, config or dataset it is loaded for."""
+    """A checkpoint that cannot be used: an unreadable (truncated, corrupt) or foreign file, or one that does
+    not fit the model, config or dataset it is loaded for. The message starts with the file's path."""
 
 
 def provenance() -> dict[str, str]:
@@ -67,19 +78,57 @@ def save_model(path: str | os.PathLike, model: CrystalVAE, dataset: str, extra: 
     return path
 
 
+def _gist(err: BaseException) -> str:
+    """The telling part of a torch.load error in one line: the refused global of a weights-only load, else the
+    first sentence (torch's messages run over many lines)."""
+    text = " ".join(str(err).split())
+    refused = text.find("Unsupported global: ")
+    if refused >= 0:
+        return text[refused:].split(" was not an allowed global")[0]
+    return text.split(". ")[0].rstrip(".") or type(err).__name__
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """The dict :func:`save_model` wrote (``torch.load(weights_only=True)``), checked to be a tvcsp model file.
+
+    Raises:
+        FileNotFoundError / IsADirectoryError: no such file.
+        CheckpointMismatchError: the file cannot be read (truncated or corrupt), holds objects a weights-only
+            load refuses (e.g. a Lightning training checkpoint), or is not in :data:`CHECKPOINT_FORMAT`.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise CheckpointMismatchError(
+            f"{path}: not a tvcsp model file (a weights-only load refuses it: {_gist(err)}); training writes "
+            "the model file as model.pt in its run folder"
+        ) from err
+    except Exception as err:  # torch reports damaged files as RuntimeError, EOFError, KeyError, ...
+        if zipfile.is_zipfile(path):
+            raise CheckpointMismatchError(f"{path}: cannot load the checkpoint ({_gist(err)})") from err
+        raise CheckpointMismatchError(
+            f"{path}: unreadable checkpoint, truncated or corrupt (not a zip archive as torch.save writes)"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointMismatchError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (found {found!r})")
+    return state
+
+
 def load_model(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", dataset: str | None = None
 ) -> CrystalVAE:
     """Rebuild a :class:`CrystalVAE` from :func:`save_model`'s file (``weights_only=True``).
 
     Raises:
-        CheckpointMismatchError: not a tvcsp checkpoint, another format, another dataset than ``dataset``, or
-            weights that do not fit the stored config.
+        FileNotFoundError: no such file.
+        CheckpointMismatchError: an unreadable (truncated, corrupt) file, not a tvcsp checkpoint, another format,
+            another dataset than ``dataset``, or weights that do not fit the stored config; the message names
+            the file.
     """
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointMismatchError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (found {found!r})")
+    state = read_checkpoint(path, map_location)
     if dataset is not None and state["dataset"] != dataset:
         raise CheckpointMismatchError(f"{path}: trained on {state['dataset']!r}, not {dataset!r}")
     model = CrystalVAE(

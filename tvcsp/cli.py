@@ -7,18 +7,72 @@
   them, labelled, to ``DIR/metrics.json``.
 
 Both sampling commands are resumable: rerun the same command to finish an interrupted run.
+
+A user error (a missing file or folder, an unknown dataset, an unreadable or foreign checkpoint, a run folder
+holding other settings or no finished run, bad data) prints one line ``tvcsp: error: ...`` on stderr and exits
+with status 2; ``TVCSP_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from pathlib import Path
 
-from .data import SPLITS, get_dataset, load_split, load_stats
+from .data import SPLITS, DatasetInfo, get_dataset, load_split, load_stats
+
+USAGE_ERROR = 2  # exit status of every user error (as argparse's)
+
+
+class CLIError(Exception):
+    """A user error found by the command line itself; its message is printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``tvcsp: error: <what> (see '<command> --help')``."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"tvcsp: error: {message} (see '{self.prog} --help')\n")
+
+
+def _one_line(message: str, limit: int = 600) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _dataset(name: str | None, source: str = "", hint: str = "") -> DatasetInfo:
+    """Registry entry, or a :class:`CLIError` naming the known datasets (``source``: where the name came from)."""
+    if not name:
+        raise CLIError(f"{source} names no dataset{hint}")
+    try:
+        return get_dataset(name)
+    except KeyError as err:
+        raise CLIError(f"{source}: {err.args[0]}" if source else err.args[0]) from None
+
+
+def _checkpoint(path: str) -> dict:
+    """The checkpoint's stored dict (for its dataset label); missing and unusable files are user errors."""
+    from .checkpoint import read_checkpoint
+
+    if not Path(path).is_file():
+        raise CLIError(f"{path}: no such checkpoint file" + (" (it is a folder)" if Path(path).is_dir() else ""))
+    return read_checkpoint(path)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    info = get_dataset(args.dataset)
+    info = _dataset(args.dataset)
     for split in SPLITS:
         crystals = load_split(info, split, data_dir=args.data_dir, download=args.download, workers=args.workers,
                               on_error=args.on_error)
@@ -32,7 +86,15 @@ def _prepare(args: argparse.Namespace) -> None:
 def _device(name: str | None) -> str:
     import torch
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"device {name!r}: CUDA is not available on this machine (use --device cpu)")
+    return name
 
 
 def _sampler_kwargs(args: argparse.Namespace) -> dict:
@@ -48,40 +110,67 @@ def _report(samples: dict, out: str) -> None:
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
-    import torch
-
     from .checkpoint import load_model
     from .tasks import reconstruct
 
-    label = args.dataset or torch.load(args.checkpoint, map_location="cpu", weights_only=True)["dataset"]
-    crystals = load_split(get_dataset(label), args.split, data_dir=args.data_dir, download=args.download)
+    sampler = _sampler_kwargs(args)  # checks the device before anything is loaded
+    stored = _checkpoint(args.checkpoint).get("dataset")
+    label = args.dataset or stored
+    info = _dataset(label, "" if args.dataset else f"{args.checkpoint}: the checkpoint", "; pass --dataset")
+    crystals = load_split(info, args.split, data_dir=args.data_dir, download=args.download)
     if args.limit is not None:
         crystals = crystals.select(slice(0, args.limit))
     samples = reconstruct(load_model(args.checkpoint), crystals, args.out, sample_z=not args.use_mu,
                           force_num_atoms=args.force_num_atoms, force_atom_types=args.force_atom_types,
-                          dataset=label, split=args.split, **_sampler_kwargs(args))
+                          dataset=label, split=args.split, **sampler)
     _report(samples, args.out)
 
 
 def _generate(args: argparse.Namespace) -> None:
-    import torch
-
     from .checkpoint import load_model
     from .tasks import generate
 
-    label = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["dataset"]
-    samples = generate(load_model(args.checkpoint), args.n, args.out, dataset=label, **_sampler_kwargs(args))
+    sampler = _sampler_kwargs(args)  # checks the device before anything is loaded
+    label = _checkpoint(args.checkpoint).get("dataset")
+    samples = generate(load_model(args.checkpoint), args.n, args.out, dataset=label, **sampler)
     _report(samples, args.out)
+
+
+def _run_folder(folder: str) -> dict:
+    """``samples.pt`` of a finished run folder, with one-line errors for every way the folder can be unusable."""
+    import torch
+
+    from .tasks import BATCH_DIR, SAMPLES_FILE, load_samples
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise CLIError(f"{folder}: no such run folder" + (" (it is a file)" if path.exists() else ""))
+    if not (path / SAMPLES_FILE).is_file():
+        if any((path / BATCH_DIR).glob("batch_*.pt")):
+            raise CLIError(f"{folder}: the run is unfinished (no {SAMPLES_FILE}); rerun the same 'tvcsp reconstruct' "
+                           "or 'tvcsp generate' command to finish it")
+        raise CLIError(f"{folder}: not a finished run folder (no {SAMPLES_FILE}); write one with 'tvcsp reconstruct' "
+                       "or 'tvcsp generate'")
+    try:
+        samples = load_samples(folder)
+    except Exception as err:  # torch.load of a damaged file: RuntimeError, EOFError, UnpicklingError, ...
+        raise CLIError(f"{path / SAMPLES_FILE}: unreadable ({type(err).__name__}: {_one_line(err, 200)})") from err
+    settings = samples.get("meta", {}).get("settings", {}) if isinstance(samples, dict) else {}
+    if settings.get("task") not in ("reconstruction", "generation") or not isinstance(samples.get("num_atoms"),
+                                                                                        torch.Tensor):
+        raise CLIError(f"{path / SAMPLES_FILE}: not written by 'tvcsp reconstruct' or 'tvcsp generate'")
+    return samples
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .checkpoint import provenance
-    from .metrics import PropertyModel, evaluate_generation, evaluate_reconstruction, write_metrics_json
-    from .tasks import load_samples, to_structures
+    from .metrics import evaluate_generation, evaluate_reconstruction, write_metrics_json
+    from .metrics.property_model import energy_predictor
+    from .tasks import to_structures
 
-    samples = load_samples(args.folder)
+    samples = _run_folder(args.folder)
     settings = samples["meta"]["settings"]
-    info = get_dataset(settings["dataset"])
+    info = _dataset(settings.get("dataset"), f"{args.folder}: the run")
     predicted = to_structures(samples)
     if settings["task"] == "reconstruction":
         metrics = evaluate_reconstruction(predicted, to_structures(samples, ground_truth=True), workers=args.workers)
@@ -90,9 +179,11 @@ def _evaluate(args: argparse.Namespace) -> None:
         reference = load_split(info, args.reference_split, data_dir=args.data_dir)
         if args.reference_limit is not None:
             reference = reference.select(slice(0, args.reference_limit))
-        predict = None if args.no_energy else PropertyModel.for_dataset(info.name).predict
+        predict, skipped = (None, "energy EMD skipped: --no-energy") if args.no_energy else energy_predictor(info.name)
+        if skipped and not args.no_energy:
+            print(f"tvcsp: warning: {skipped}", file=sys.stderr)
         metrics = evaluate_generation(predicted, [reference.to_structure(i) for i in range(len(reference))],
-                                      info.name, predict=predict, workers=args.workers)
+                                      info.name, predict=predict, workers=args.workers, energy_skipped=skipped)
         v, c = metrics["validity"], metrics["coverage"]
         summary = (f"struct valid {v['struct_valid']:.4f}, comp valid {v['comp_valid']:.4f}, "
                    f"COV-R {c['cov_recall']:.4f}, COV-P {c['cov_precision']:.4f}")
@@ -105,9 +196,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _add_sampler_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("checkpoint", help="model file written by training (model.pt)")
     parser.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"crystals per batch ({batch_size})")
-    parser.add_argument("--num-evals", type=int, default=1, help="Langevin runs per latent (1)")
-    parser.add_argument("--n-step-each", type=int, default=100, help="Langevin steps per noise level (100)")
+    parser.add_argument("--batch-size", type=_positive, default=batch_size, help=f"crystals per batch ({batch_size})")
+    parser.add_argument("--num-evals", type=_positive, default=1, help="Langevin runs per latent (1)")
+    parser.add_argument("--n-step-each", type=_positive, default=100, help="Langevin steps per noise level (100)")
     parser.add_argument("--step-lr", type=float, default=1e-4, help="Langevin step size at the last level (1e-4)")
     parser.add_argument("--min-sigma", type=float, default=0.0, help="skip noise levels below this σ in Å (0)")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="decoder precision (32)")
@@ -118,15 +209,16 @@ def _add_sampler_options(parser: argparse.ArgumentParser, batch_size: int) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tvcsp", description=__doc__)
+    """Run the command line; user errors exit with status 2 after one ``tvcsp: error: ...`` line on stderr."""
+    parser = _Parser(prog="tvcsp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     prepare = commands.add_parser("prepare", help="parse all splits into the processed cache; compute statistics")
     prepare.add_argument("dataset", help="perov_5, carbon_24, mp_20, carbon_24_reduced or mp_20_reduced")
     prepare.add_argument("--data-dir", help="folder holding <dataset>/<split>.csv[.gz] (searched first)")
     prepare.add_argument("--download", action="store_true", help="fetch missing official CSVs (verified)")
-    prepare.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+    prepare.add_argument("--workers", type=_positive, help="parallel processes (default: all cores)")
     prepare.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="what to do with bad rows")
-    prepare.add_argument("--coordination-sample", type=int, help="CrystalNN on a seeded sample of N structures")
+    prepare.add_argument("--coordination-sample", type=_positive, help="CrystalNN on a seeded sample of N structures")
     prepare.set_defaults(run=_prepare)
 
     recon = commands.add_parser("reconstruct", help="encode a split and decode it with Langevin dynamics")
@@ -135,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     recon.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     recon.add_argument("--data-dir", help="folder holding <dataset>/<split>.csv[.gz] (searched first)")
     recon.add_argument("--download", action="store_true", help="fetch missing official CSVs (verified)")
-    recon.add_argument("--limit", type=int, help="only the first N crystals of the split")
+    recon.add_argument("--limit", type=_positive, help="only the first N crystals of the split")
     recon.add_argument("--use-mu", action="store_true", help="decode μ instead of CDVAE's sampled z")
     recon.add_argument("--force-num-atoms", action="store_true", help="decode with the true atom counts")
     recon.add_argument("--force-atom-types", action="store_true", help="decode with the true atom types")
@@ -143,19 +235,24 @@ def main(argv: list[str] | None = None) -> None:
 
     gen = commands.add_parser("generate", help="decode latents z ~ N(0, I) into crystals")
     _add_sampler_options(gen, 500)
-    gen.add_argument("--n", type=int, default=10_000, help="crystals to generate (10000)")
+    gen.add_argument("--n", type=_positive, default=10_000, help="crystals to generate (10000)")
     gen.set_defaults(run=_generate)
 
     ev = commands.add_parser("evaluate", help="CDVAE's metrics of a reconstruction or generation run folder")
     ev.add_argument("folder", metavar="DIR", help="folder written by 'tvcsp reconstruct' or 'tvcsp generate'")
     ev.add_argument("--reference-split", choices=SPLITS, default="test", help="generation: reference set (test)")
-    ev.add_argument("--reference-limit", type=int, help="generation: only the first N reference crystals")
+    ev.add_argument("--reference-limit", type=_positive, help="generation: only the first N reference crystals")
     ev.add_argument("--no-energy", action="store_true", help="generation: skip the energy EMD (property model)")
     ev.add_argument("--data-dir", help="folder holding <dataset>/<split>.csv[.gz] (searched first)")
-    ev.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+    ev.add_argument("--workers", type=_positive, help="parallel processes (default: all cores)")
     ev.set_defaults(run=_evaluate)
     args = parser.parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (CLIError, ValueError, OSError) as err:  # OSError: missing data files, unwritable output folders
+        if os.environ.get("TVCSP_DEBUG"):
+            raise
+        parser.exit(USAGE_ERROR, f"tvcsp: error: {_one_line(str(err) or type(err).__name__)}\n")
 
 
 if __name__ == "__main__":

