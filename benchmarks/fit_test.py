@@ -31,6 +31,12 @@ VARIANTS = {  # name: probe_reconstruction keyword arguments
 }
 
 
+def duration(minutes: float) -> str:
+    """Minutes → Lightning's ``DD:HH:MM:SS``."""
+    seconds = round(minutes * 60)
+    return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -55,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = {"train_subset": args.n, "val_subset": args.n, "val_every_n_epochs": 50, "max_epochs": 100_000,
-                 "max_time": f"00:00:{int(args.minutes)}:{int(args.minutes % 1 * 60):02d}",
+                 "max_time": duration(args.minutes),
                  **parse_overrides(args.set)}
     start = time.perf_counter()
     result = train("perov_5", args.profile, args.run_dir, resume=args.resume, progress=False, **overrides)

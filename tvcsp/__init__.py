@@ -9,14 +9,17 @@ Modules, one per concept (importing ``tvcsp`` loads none of them):
   :mod:`tvcsp.checkpoint` — training and model files;
 * :mod:`tvcsp.sampling`, :mod:`tvcsp.tasks` — Langevin decoding, reconstruction and generation runs;
 * :mod:`tvcsp.metrics` — CDVAE's evaluation metrics; :mod:`tvcsp.latent` — latent-space tools;
-  :mod:`tvcsp.viz` — figures.
+  :mod:`tvcsp.viz` — figures; :mod:`tvcsp.diagnostics` — learning diagnostics and the probe match rate;
+* :mod:`tvcsp.pretrained` — the models shipped in ``models/``: ``tvcsp.load_pretrained("perov_5")``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from ._version import __version__
 
-try:
-    __version__ = version("tvcsp")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+__all__ = ["__version__", "load_pretrained"]
 
-__all__ = ["__version__"]
+
+def load_pretrained(name: str = "perov_5", map_location="cpu"):
+    """The shipped model ``name`` in eval mode (see :mod:`tvcsp.pretrained`); imports torch on first use."""
+    from .pretrained import load_pretrained as load
+
+    return load(name, map_location)

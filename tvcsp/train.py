@@ -143,7 +143,19 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
             train = TrainConfig(dataset=info.name, max_epochs=1000, batch_size=64, val_batch_size=256, lr=1e-3,
                                 min_lr=1e-4, lr_patience=10, val_every_n_epochs=1, teacher_forcing_max_epoch=0,
                                 val_subset=512, probe_every_n_epochs=5, coordination_sample=2000)
-    return dataclasses.replace(vae, predict_property=predict_property), dataclasses.replace(train, **overrides)
+    vae = dataclasses.replace(vae, predict_property=predict_property)
+    return _override(vae, train, overrides)
+
+
+def _override(vae: VAEConfig, train: TrainConfig, overrides: dict) -> tuple[VAEConfig, TrainConfig]:
+    """Apply overrides by name: TrainConfig fields, VAEConfig fields (e.g. ``init_logvar``) and loss weights
+    as ``loss_<term>`` (e.g. ``loss_kld=0.001``)."""
+    vae_fields = {f.name for f in dataclasses.fields(VAEConfig)} - {"encoder", "decoder", "noise", "loss"}
+    model = {k: v for k, v in overrides.items() if k in vae_fields}
+    loss = {k.removeprefix("loss_"): v for k, v in overrides.items() if k.startswith("loss_")}
+    rest = {k: v for k, v in overrides.items() if k not in model and not k.startswith("loss_")}
+    vae = dataclasses.replace(vae, **model, loss=dataclasses.replace(vae.loss, **loss))
+    return vae, dataclasses.replace(train, **rest)
 
 
 class TVCSPModule(L.LightningModule):

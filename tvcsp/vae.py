@@ -51,7 +51,12 @@ class NoiseSchedule:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Everything that fixes the model's architecture; stored in every checkpoint."""
+    """Everything that fixes the model's architecture; stored in every checkpoint.
+
+    ``init_logvar``: initial log σ² of the posterior (the log-variance head's bias; its weights are scaled by
+    0.01), so that z carries each crystal from the first step instead of being drowned in σ ≈ 1 noise; ``None``
+    keeps PyTorch's default initialisation (CDVAE).
+    """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -59,6 +64,7 @@ class VAEConfig:
     fc_num_layers: int = 1
     max_atoms: int = 20
     predict_property: bool = False
+    init_logvar: float | None = None
     noise: NoiseSchedule = field(default_factory=NoiseSchedule)
     loss: LossWeights = field(default_factory=LossWeights)
 
@@ -120,6 +126,10 @@ class CrystalVAE(nn.Module):
         self.fc_lattice = mlp(latent, hidden, layers, 6)
         self.fc_composition = mlp(latent, hidden, layers, NUM_TYPES)
         self.fc_property = mlp(latent, hidden, layers, 1) if config.predict_property else None
+        if config.init_logvar is not None:  # start nearly deterministic: z carries the crystal from step one
+            with torch.no_grad():
+                self.encoder.readout.fc_logvar.weight.mul_(0.01)
+                self.encoder.readout.fc_logvar.bias.fill_(config.init_logvar)
         n = config.noise
         self.register_buffer("sigmas", geometric_levels(n.sigma_begin, n.sigma_end, n.num_levels))
         self.register_buffer("type_sigmas", geometric_levels(n.type_sigma_begin, n.type_sigma_end, n.num_levels))

@@ -1,0 +1,56 @@
+"""Shipped models: ``tvcsp.load_pretrained`` finds them by name and loads them weights-only, offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from conftest import tiny_vae
+
+import tvcsp
+from tvcsp.checkpoint import save_model
+from tvcsp.diagnostics import latent_usage
+from tvcsp.pretrained import PretrainedNotFoundError, available_pretrained, pretrained_path
+from tvcsp.train import make_configs
+from tvcsp.vae import CrystalVAE
+
+
+def test_load_pretrained_by_name(tmp_path, monkeypatch):
+    model, _ = tiny_vae(tmp_path, tmp_path / "cache")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    save_model(folder / "toy_model.pt", model, "toy")
+    monkeypatch.setenv("TVCSP_MODELS_DIR", str(folder))
+    assert "toy_model" in available_pretrained()
+    assert pretrained_path("toy_model") == folder / "toy_model.pt"
+    loaded = tvcsp.load_pretrained("toy_model")
+    assert isinstance(loaded, CrystalVAE) and not loaded.training
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_unknown_pretrained_name_lists_what_is_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("TVCSP_MODELS_DIR", str(tmp_path))
+    with pytest.raises(PretrainedNotFoundError, match="no shipped model 'nope'.*available:"):
+        tvcsp.load_pretrained("nope")
+
+
+def test_overrides_reach_the_model_config_and_loss_weights():
+    vae, train = make_configs("perov_5", "quick", init_logvar=-6.0, loss_kld=0.5, lr=3e-3)
+    assert vae.init_logvar == -6.0 and vae.loss.kld == 0.5 and train.lr == 3e-3
+    with pytest.raises(TypeError):
+        make_configs("perov_5", "quick", no_such_setting=1)
+
+
+def test_init_logvar_starts_the_posterior_nearly_deterministic(tmp_path):
+    model, train = tiny_vae(tmp_path, tmp_path / "cache")
+    torch.manual_seed(0)  # as tiny_vae: the same draws, then the head rescaled
+    sharp = CrystalVAE(dataclasses.replace(model.config, init_logvar=-6.0), model.stats, model.scalers).eval()
+    default, head = model.encoder.readout.fc_logvar, sharp.encoder.readout.fc_logvar
+    assert torch.all(head.bias == -6.0) and not torch.all(default.bias == -6.0)
+    torch.testing.assert_close(head.weight, 0.01 * default.weight)
+    sigma = latent_usage(sharp, train)["posterior_sigma"]
+    assert sigma == pytest.approx(math.exp(-3.0), rel=0.05)  # σ = exp(logvar / 2) for every crystal
+    assert latent_usage(model, train)["posterior_sigma"] > 0.5

@@ -1,0 +1,54 @@
+"""Models trained by the project and shipped with it: ``models/<name>.pt`` plus a model card ``models/<name>.md``.
+
+:func:`load_pretrained` finds a shipped model by name (``"perov_5"``) in ``$TVCSP_MODELS_DIR`` or the project's
+``models/`` folder and loads it weights-only; :func:`pretrained_path` says where it is without loading it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["PretrainedNotFoundError", "available_pretrained", "load_pretrained", "pretrained_path"]
+
+
+class PretrainedNotFoundError(FileNotFoundError):
+    """No shipped model of that name in any of the searched folders."""
+
+
+def _folders() -> list[Path]:
+    folders = [Path(os.environ["TVCSP_MODELS_DIR"])] if os.environ.get("TVCSP_MODELS_DIR") else []
+    return [*folders, Path(__file__).resolve().parents[1] / "models"]
+
+
+def available_pretrained() -> list[str]:
+    """Names of the shipped models found (``models/*.pt``)."""
+    return sorted({p.stem for folder in _folders() if folder.is_dir() for p in folder.glob("*.pt")})
+
+
+def pretrained_path(name: str = "perov_5") -> Path:
+    """Path of the shipped model ``name``.
+
+    Raises:
+        PretrainedNotFoundError: none of the folders holds ``<name>.pt`` (the message lists what is there).
+    """
+    for folder in _folders():
+        path = folder / f"{name}.pt"
+        if path.is_file():
+            return path
+    found = ", ".join(available_pretrained()) or "none"
+    raise PretrainedNotFoundError(
+        f"no shipped model {name!r} in {', '.join(str(f) for f in _folders())} (available: {found})"
+    )
+
+
+def load_pretrained(name: str = "perov_5", map_location: str | torch.device = "cpu"):
+    """The shipped :class:`~tvcsp.vae.CrystalVAE` ``name`` in eval mode, e.g. ``load_pretrained("perov_5")``.
+
+    Its model card is ``models/<name>.md``: data, recipe, compute, metrics and limitations.
+    """
+    from .checkpoint import load_model
+
+    return load_model(pretrained_path(name), map_location=map_location).eval()
