@@ -92,8 +92,10 @@ def test_projections_are_deterministic_with_a_seed():
     assert np.allclose(np.abs(pca), np.abs(PCA(2).fit_transform(x)))
     tsne = project(x[:25], "tsne", seed=3)
     assert tsne.shape == (25, 2) and np.array_equal(tsne, project(x[:25], "tsne", seed=3))
+    umap = project(x[:30], "umap", seed=3)
+    assert umap.shape == (30, 2) and np.isfinite(umap).all() and np.array_equal(umap, project(x[:30], "umap", 3))
     with pytest.raises(ValueError, match="unknown projection"):
-        project(x, "umap")
+        project(x, "isomap")
 
 
 def test_neighbourhood_is_seeded_and_centred(tiny):
@@ -163,7 +165,8 @@ def test_notebook_04_runs_headless(tmp_path):
            str(tmp_path / "out.ipynb"), *params, "--cwd", str(REPO)]
     subprocess.run(cmd, check=True, env={**os.environ, "TVCSP_CACHE_DIR": ""}, timeout=3600)
     written = {p.name for p in figures.iterdir()}
-    names = ("projection_pca", "elements_tsne", "interpolation", "explorer_decoded", "neighbourhood", "optimisation")
+    names = ("projection_pca", "elements_tsne", "projection_umap", "interpolation", "explorer_decoded",
+             "neighbourhood", "optimisation")
     expected = {f"perov_5_{name}.png" for name in names}
     assert expected <= written, written
     assert json.loads((figures / "perov_5_optimisation_sr.json").read_text())["decoded_sets"] == 9  # every step

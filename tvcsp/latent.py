@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 
     from .vae import CrystalVAE
 
-__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "SR_THRESHOLDS", "OptimizationPath", "SuccessRates", "crystal_labels",
-           "crystal_valid", "decode_latents", "encode_split", "interpolate", "neighbourhood", "optimize_property",
-           "predict_property", "project", "sr_thresholds", "success_rates"]
+__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "SR_THRESHOLDS", "OptimizationPath", "SuccessRates",
+           "crystal_labels", "crystal_valid", "decode_latents", "encode_split", "interpolate", "neighbourhood",
+           "optimize_property", "predict_property", "project", "sr_thresholds", "success_rates"]
 
 FAST_SAMPLER = {"n_step_each": 10, "step_lr": 1e-4, "min_sigma": 0.0}
 """Interactive decoding: 10 steps × 50 levels = 500 decoder evaluations per crystal (not CDVAE's setting)."""
@@ -64,12 +64,17 @@ def encode_split(model: CrystalVAE, crystals: CrystalTensors, batch_size: int = 
     return torch.cat(out)
 
 
+PROJECTIONS = ("pca", "tsne", "umap")
+
+
 def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int = 0,
-            perplexity: float = 30.0) -> np.ndarray:
+            perplexity: float = 30.0, n_neighbors: int = 15) -> np.ndarray:
     """2-D projection ``(B, 2)`` of latents ``(B, D)``.
 
     ``pca``: centred SVD, each axis' sign fixed so that its largest-magnitude loading is positive (deterministic).
     ``tsne``: scikit-learn t-SNE (PCA initialisation, ``random_state=seed``; perplexity capped at (B − 1) / 3).
+    ``umap``: umap-learn's UMAP (``n_neighbors`` capped at B − 1, ``random_state=seed``, hence single-threaded
+    and reproducible); the first call in a process spends ~30 s compiling umap's numba kernels.
     """
     x = np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents, dtype=np.float64)
     if method == "pca":
@@ -82,7 +87,12 @@ def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int =
 
         tsne = TSNE(2, perplexity=min(perplexity, (len(x) - 1) / 3), init="pca", random_state=seed)
         return tsne.fit_transform(x)
-    raise ValueError(f"unknown projection {method!r}; expected 'pca' or 'tsne'")
+    if method == "umap":
+        import umap
+
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed, n_jobs=1)
+        return reducer.fit_transform(x).astype(np.float64)
+    raise ValueError(f"unknown projection {method!r}; expected one of {PROJECTIONS}")
 
 
 def _spacegroup(structure: Structure, symprec: float) -> tuple[str, str, int]:
