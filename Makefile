@@ -1,13 +1,16 @@
 # Two commands do everything on a fresh machine:
 #   make run    the main job: train the quick CPU profile on $(DATASET), then evaluate it
 #   make test   the test suite
-# Both create .venv (Python 3.11, CPU build of torch) when it is missing.
+#   make lab    JupyterLab on notebooks/ (installs the notebook and 3-D viewer extras into .venv once)
+# All create .venv (Python 3.11, CPU build of torch) when it is missing.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DATASET ?= perov_5
 
-.PHONY: run test lint
+.PHONY: run test lint lab
+
+LAB_ARGS ?=
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +25,17 @@ run: $(BIN)/.installed
 	$(BIN)/papermill notebooks/03_train.ipynb runs/03_train_$(DATASET).ipynb -k python3 \
 		-p dataset $(DATASET) -p profile quick -p resume True
 	$(BIN)/papermill notebooks/05_reconstruction.ipynb runs/05_reconstruction_$(DATASET).ipynb -k python3 \
-		-p dataset $(DATASET)
+		-p dataset $(DATASET) -p checkpoint runs/$(DATASET)_quick_seed0/model.pt
 	$(BIN)/papermill notebooks/06_generation.ipynb runs/06_generation_$(DATASET).ipynb -k python3 \
-		-p dataset $(DATASET)
+		-p dataset $(DATASET) -p checkpoint runs/$(DATASET)_quick_seed0/model.pt
+
+$(BIN)/.lab-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev,notebooks,viz3d]'
+	touch $@
+
+# prints the URL with its token; LAB_ARGS passes options, e.g. LAB_ARGS="--no-browser --port 8890"
+lab: $(BIN)/.lab-installed
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check tvcsp tests benchmarks tools notebooks

@@ -12,7 +12,7 @@ from conftest import tiny_vae
 import tvcsp
 from tvcsp.checkpoint import save_model
 from tvcsp.diagnostics import latent_usage
-from tvcsp.pretrained import PretrainedNotFoundError, available_pretrained, pretrained_path
+from tvcsp.pretrained import PretrainedNotFoundError, available_pretrained, default_checkpoint, pretrained_path
 from tvcsp.train import make_configs
 from tvcsp.vae import CrystalVAE
 
@@ -25,6 +25,8 @@ def test_load_pretrained_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("TVCSP_MODELS_DIR", str(folder))
     assert "toy_model" in available_pretrained()
     assert pretrained_path("toy_model") == folder / "toy_model.pt"
+    assert default_checkpoint("toy_model", tmp_path / "quick.pt") == folder / "toy_model.pt"
+    assert default_checkpoint("toy_other", tmp_path / "quick.pt") == tmp_path / "quick.pt"
     loaded = tvcsp.load_pretrained("toy_model")
     assert isinstance(loaded, CrystalVAE) and not loaded.training
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):

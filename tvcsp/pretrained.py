@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PretrainedNotFoundError", "available_pretrained", "load_pretrained", "pretrained_path"]
+__all__ = ["PretrainedNotFoundError", "available_pretrained", "default_checkpoint", "load_pretrained",
+           "pretrained_path"]
 
 
 class PretrainedNotFoundError(FileNotFoundError):
@@ -52,3 +53,12 @@ def load_pretrained(name: str = "perov_5", map_location: str | torch.device = "c
     from .checkpoint import load_model
 
     return load_model(pretrained_path(name), map_location=map_location).eval()
+
+
+def default_checkpoint(dataset: str, fallback: str | os.PathLike) -> Path:
+    """The model notebooks and commands use when none is named: the shipped model of ``dataset`` if there is
+    one, else ``fallback`` (e.g. the quick model ``runs/<dataset>_quick_seed0/model.pt``)."""
+    try:
+        return pretrained_path(dataset)
+    except PretrainedNotFoundError:
+        return Path(fallback)
