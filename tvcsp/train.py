@@ -271,7 +271,7 @@ class LastCheckpoint(L.Callback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state: resumable
         if trainer.global_rank == 0:
             os.replace(tmp, self.path)
         self._saved_step = trainer.global_step
