@@ -135,3 +135,16 @@ def test_datasets_notebook_runs_on_perov_5(tmp_path, shared_data):
     for name in ("perov_5_stats.json", "perov_5_histograms.png", "perov_5_examples.png"):
         assert (tmp_path / name).is_file(), name
     assert "| perov_5 | 11,356/3,787/3,785 | 5 |" in out.read_text()
+
+
+def test_plot_probe_curve_skips_rows_without_a_probe(tmp_path):
+    history = [{"step": 0, "probe_val_match_rate": float("nan")},
+               {"step": 100, "probe_train_match_rate": 0.1, "probe_val_match_rate": 0.05,
+                "probe_train_composition_accuracy": 0.2, "probe_val_composition_accuracy": 0.1},
+               {"step": 200, "probe_train_match_rate": 0.4, "probe_val_match_rate": 0.3,
+                "probe_train_composition_accuracy": 0.5, "probe_val_composition_accuracy": 0.4}]
+    path = tmp_path / "curve.png"
+    fig = viz.plot_probe_curve(history, cpu_hours_per_step=0.01, title="toy", path=path)
+    _check(fig, path)
+    line = fig.axes[0].lines[0]
+    assert list(line.get_xdata()) == [1.0, 2.0] and list(line.get_ydata()) == [10.0, 40.0]

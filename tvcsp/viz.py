@@ -26,6 +26,7 @@ __all__ = [
     "element_color",
     "plot_dataset_histograms",
     "plot_hybrid_scaling",
+    "plot_probe_curve",
     "plot_rbf",
     "plot_rbf_comparison",
     "plot_structure",
@@ -397,6 +398,29 @@ def plot_rbf_comparison(comparison: dict, path: str | os.PathLike | None = None)
     axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title=f"{comparison['dataset']}: training")
     axes[1].set(xlabel="step", ylabel="validation loss (10·coord + type)", yscale="log", title="validation")
     for ax in axes:
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_probe_curve(history, cpu_hours_per_step: float, title: str,
+                     path: str | os.PathLike | None = None) -> Figure:
+    """Probe match rate (training and validation crystals) and composition accuracy against CPU-hours.
+
+    ``history``: rows with ``step`` and ``probe_{train,val}_{match_rate,composition_accuracy}`` (the
+    :class:`tvcsp.diagnostics.ProbeCallback` columns of :func:`tvcsp.train.read_metrics`, a DataFrame or a
+    list of dicts); ``cpu_hours_per_step`` converts steps to CPU-hours (cores × wall-clock hours per step).
+    """
+    rows = [dict(r) for r in (history.to_dict("records") if hasattr(history, "to_dict") else history)]
+    rows = [r for r in rows if r.get("probe_val_match_rate") is not None and np.isfinite(r["probe_val_match_rate"])]
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    hours = [float(r["step"]) * cpu_hours_per_step for r in rows]
+    for ax, metric, label in ((axes[0], "match_rate", "match rate"), (axes[1], "composition_accuracy",
+                                                                       "composition right")):
+        for part, style in (("train", "o-"), ("val", "s--")):
+            ax.plot(hours, [100 * float(r[f"probe_{part}_{metric}"]) for r in rows], style, ms=4,
+                    label=f"{part} probe")
+        ax.set(xlabel="CPU-hours of training", ylabel=f"{label} (%)", ylim=(0, 100), title=f"{title}: {label}")
         ax.legend(fontsize=8)
     return save_figure(fig, path)
 
