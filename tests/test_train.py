@@ -6,7 +6,7 @@ import torch
 from conftest import toy_dataset
 from torch_geometric.loader import DataLoader
 
-from tvcsp.checkpoint import CheckpointMismatchError, load_model, save_model
+from tvcsp.checkpoint import CheckpointMismatchError, load_model, model_from_training_checkpoint, save_model
 from tvcsp.data import CrystalDataset, fit_scalers, load_split, load_stats
 from tvcsp.train import make_configs, read_metrics, train
 from tvcsp.vae import CrystalVAE
@@ -112,6 +112,12 @@ def test_training_run_writes_labelled_outputs_and_refuses_mismatched_resume(toy,
     assert {"commit", "device", "tvcsp_version"} <= set(summary)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file() and result.model_path.is_file()
     assert load_model(result.model_path).config.max_atoms == 8
+    exported, meta = model_from_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert meta["dataset"] == "toy" and meta["global_step"] == summary["steps"]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, last["model." + k]) for k, v in exported.state_dict().items())
+    with pytest.raises(CheckpointMismatchError, match="not a tvcsp training checkpoint"):
+        model_from_training_checkpoint(result.model_path)
     with pytest.raises(FileExistsError, match="resume=True"):
         train(info, "quick", tmp_path / "run", data_dir=root, progress=False, **TINY)
     with pytest.raises(CheckpointMismatchError, match="model config differs"):

@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointMismatchError",
     "cpu_name",
     "load_model",
+    "model_from_training_checkpoint",
     "provenance",
     "read_checkpoint",
     "save_model",
@@ -153,3 +154,22 @@ def load_state(model: torch.nn.Module, state_dict: dict, origin: str) -> None:
         )
         raise CheckpointMismatchError(f"{origin}: weights do not fit the model ({details})")
     model.load_state_dict(state_dict)
+
+
+def model_from_training_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                                   ) -> tuple[CrystalVAE, dict]:
+    """The :class:`CrystalVAE` held by a Lightning training checkpoint of :func:`tvcsp.train.train` (``last.ckpt``
+    or ``best.ckpt``; ``weights_only=True``), in eval mode, and the checkpoint's ``tvcsp`` labels plus its
+    ``global_step`` and ``epoch``. Export it with :func:`save_model` (e.g. a run stopped before it wrote model.pt).
+
+    Raises:
+        CheckpointMismatchError: not a tvcsp training checkpoint (no ``tvcsp`` labels).
+    """
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    meta = state.get("tvcsp") if isinstance(state, dict) else None
+    if not meta or "state_dict" not in state:
+        raise CheckpointMismatchError(f"{path}: not a tvcsp training checkpoint (no 'tvcsp' labels)")
+    model = CrystalVAE(VAEConfig.from_dict(meta["config"]), DatasetStats.from_dict(meta["stats"]),
+                       Scalers.from_dict(meta["scalers"]))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
+    return model.eval(), {**meta, "global_step": state["global_step"], "epoch": state["epoch"]}

@@ -423,6 +423,9 @@ def train(
                 weights_only=True)
 
     best = Path(checkpoints.best_model_path or last)
+    if not best.is_file():  # a resumed run whose earlier best file is gone (only last.ckpt was kept)
+        warnings.warn(f"{best} is missing: exporting the last checkpoint instead", stacklevel=2)
+        best = last
     best_state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in best_state.items()})
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if math.isfinite(float(v))}
