@@ -28,6 +28,12 @@ run: $(BIN)/.installed
 		-p dataset $(DATASET) -p checkpoint runs/$(DATASET)_quick_seed0/model.pt
 	$(BIN)/papermill notebooks/06_generation.ipynb runs/06_generation_$(DATASET).ipynb -k python3 \
 		-p dataset $(DATASET) -p checkpoint runs/$(DATASET)_quick_seed0/model.pt
+	# the shipped model (models/$(DATASET).pt), when there is one
+	if [ -f models/$(DATASET).pt ]; then \
+		$(BIN)/papermill notebooks/05_reconstruction.ipynb runs/05_reconstruction_$(DATASET)_shipped.ipynb \
+			-k python3 -p dataset $(DATASET) -p limit 100 && \
+		$(BIN)/papermill notebooks/06_generation.ipynb runs/06_generation_$(DATASET)_shipped.ipynb \
+			-k python3 -p dataset $(DATASET) -p n_generate 100 -p reference_limit 200; fi
 
 $(BIN)/.lab-installed: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev,notebooks,viz3d]'
