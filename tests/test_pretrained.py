@@ -56,3 +56,12 @@ def test_init_logvar_starts_the_posterior_nearly_deterministic(tmp_path):
     sigma = latent_usage(sharp, train)["posterior_sigma"]
     assert sigma == pytest.approx(math.exp(-3.0), rel=0.05)  # σ = exp(logvar / 2) for every crystal
     assert latent_usage(model, train)["posterior_sigma"] > 0.5
+
+
+def test_the_shipped_perov_5_model_loads_offline_with_its_card(monkeypatch):
+    monkeypatch.delenv("TVCSP_MODELS_DIR", raising=False)
+    path = pretrained_path("perov_5")
+    model = tvcsp.load_pretrained("perov_5")
+    assert isinstance(model, CrystalVAE) and not model.training and model.config.init_logvar == -6.0
+    card = path.with_suffix(".md").read_text()
+    assert "perov_5" in card and "CPU-hours" in card and "Limitations" in card
