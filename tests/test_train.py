@@ -155,7 +155,8 @@ t.train(info, "quick", {run!r}, resume={resume}, data_dir={root!r}, progress=Fal
 def run_in_fresh_process(root, run, settings, kill_at=None, resume=False) -> int:
     """Train in a new one-thread Python process, as a user's run would; returns its exit code. Each of the
     three runs gets a fresh process: one that has already run other code can round differently (e.g. e3nn's
-    TorchScript kernels already specialised), and Adam turns such rounding noise in near-zero gradients into whole steps."""
+    TorchScript kernels already specialised), and Adam turns such rounding noise in near-zero gradients
+    into whole steps."""
     import os
     import subprocess
     import sys
