@@ -99,8 +99,9 @@ def toy_dataset(root: Path):
     return custom_dataset("toy", {"train": "train.csv", "val": "val.csv"}, prop="e")
 
 
-def tiny_vae(root: Path, cache: Path, seed: int = 0):
-    """An untrained ``quick``-profile CrystalVAE (no scale-factor download) fitted to :func:`toy_dataset`.
+def tiny_vae(root: Path, cache: Path, seed: int = 0, **decoder):
+    """An untrained ``quick``-profile CrystalVAE (no scale-factor download) fitted to :func:`toy_dataset`;
+    ``decoder`` replaces DecoderConfig fields.
 
     Returns (model, train split). ``cache`` is passed explicitly, so module-scoped fixtures may use it.
     """
@@ -114,7 +115,7 @@ def tiny_vae(root: Path, cache: Path, seed: int = 0):
 
     info = toy_dataset(root)
     vae, _ = make_configs(info, "quick")
-    vae = dataclasses.replace(vae, decoder=dataclasses.replace(vae.decoder, scale_factors="none"))
+    vae = dataclasses.replace(vae, decoder=dataclasses.replace(vae.decoder, scale_factors="none", **decoder))
     train_set = load_split(info, "train", data_dir=root, cache=cache, progress=False)
     stats = load_stats(info, cutoff=6.0, max_neighbors=12, coordination_sample=None, data_dir=root, cache=cache,
                        progress=False)

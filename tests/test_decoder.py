@@ -15,6 +15,7 @@ from tvcsp.decoder import (
     build_decoder_graph,
     cdvae_scale_factors,
     load_scale_factors,
+    noise_level_features,
     radial_basis,
     zonal_harmonics,
 )
@@ -154,6 +155,34 @@ def test_depends_on_z(setup):
     scores, logits = model(z, frac, types, num_atoms, lattice)
     scores_z, logits_z = model(z + 0.5, frac, types, num_atoms, lattice)
     assert (scores_z - scores).abs().max() > 1e-4 and (logits_z - logits).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_noise_conditioned_decoder_uses_sigma_and_stays_equivariant(dtype, tol):
+    structures = [perovskite(), rock_salt()]
+    model = make_model(DecoderConfig(**SMALL, noise_embedding_dim=8), dtype)
+    frac, types, num_atoms, lattice = make_batch(structures, dtype)
+    z, sigma = latents(len(structures), dtype), torch.tensor([0.05, 2.0], dtype=dtype)
+    with pytest.raises(ValueError, match="pass sigma"):
+        model(z, frac, types, num_atoms, lattice)
+    scores, logits = model(z, frac, types, num_atoms, lattice, sigma=sigma)
+    other, _ = model(z, frac, types, num_atoms, lattice, sigma=sigma.flip(0))
+    assert (other - scores).abs().max() > 1e-4 * scores.abs().max()
+    rot = random_orthogonal(dtype, proper=False)
+    scores_r, logits_r = model(z, frac, types, num_atoms, lattice @ rot.T, sigma=sigma)
+    scale = scores.abs().max()
+    torch.testing.assert_close(scores_r / scale, scores @ rot.T / scale, atol=tol, rtol=0)
+    torch.testing.assert_close(logits_r, logits, atol=tol * logits.abs().max().item(), rtol=0)
+
+
+def test_noise_level_features_are_bounded_and_tell_levels_apart():
+    sigma = torch.logspace(-2, 1, 50, dtype=torch.float64)
+    features = noise_level_features(sigma, 16)
+    assert features.shape == (50, 16) and features.abs().max() <= 1
+    torch.testing.assert_close((features[:, :8] ** 2 + features[:, 8:] ** 2), torch.ones(50, 8, dtype=torch.float64))
+    assert torch.cdist(features, features).add(torch.eye(50, dtype=torch.float64)).min() > 1e-2
+    with pytest.raises(ValueError, match="even"):
+        DecoderConfig(noise_embedding_dim=3)
 
 
 def test_bf16_autocast_keeps_geometry_precise():

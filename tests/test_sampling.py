@@ -11,7 +11,15 @@ from pymatgen.core import Structure
 from tvcsp import cli, tasks
 from tvcsp.checkpoint import save_model
 from tvcsp.geometry import batch_index, frac_to_cart, lattice_params_to_matrix, minimum_image_diff
-from tvcsp.sampling import checked_lattice, composition_sample, decode, langevin, make_generator, steps_per_sample
+from tvcsp.sampling import (
+    checked_lattice,
+    composition_sample,
+    decode,
+    langevin,
+    make_generator,
+    sigma_ladder,
+    steps_per_sample,
+)
 from tvcsp.tasks import RunMismatchError, generate, load_samples, reconstruct, to_structures
 from tvcsp.vae import geometric_levels
 
@@ -120,6 +128,55 @@ def test_langevin_with_an_analytic_score_converges_to_the_structure():
     assert ((frac >= 0) & (frac < 1)).all()
 
 
+def told_score(target, target_types, num_atoms, seen):
+    """The analytic score (x₀ − x)/σ with the σ the sampler passes; records the σ of every call in ``seen``."""
+    batch, logits = batch_index(num_atoms), F.one_hot(target_types - 1, 100).float()
+
+    def score_fn(z, frac, types, num_atoms, lattice, sigma):
+        seen.append(sigma.clone())
+        diff, _ = minimum_image_diff(frac_to_cart(target, lattice, batch), frac_to_cart(frac, lattice, batch),
+                                     lattice, batch)
+        return diff / sigma[batch].unsqueeze(-1), logits
+
+    return score_fn
+
+
+def test_noise_conditioned_langevin_tells_the_score_its_level():
+    lattice, num_atoms, target, target_types = toy_structure()
+    sigmas, n_step_each, seen = geometric_levels(1.0, 0.01, 10), 20, []
+    score_fn = told_score(target, target_types, num_atoms, seen)
+    frac, _ = langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1),
+                       n_step_each=n_step_each, step_lr=5e-5, seed=0, noise_conditioned=True, progress=False)
+    assert len(seen) == 10 * n_step_each and all(s.shape == (2,) for s in seen)
+    torch.testing.assert_close(torch.stack(seen[::n_step_each])[:, 0], sigmas.float())
+    assert rms_to(frac, target, lattice, num_atoms) < 4 * sigmas[-1]
+
+
+def test_ancestral_update_on_a_thinned_ladder_ends_on_the_clean_structure():
+    lattice, num_atoms, target, target_types = toy_structure()
+    sigmas, seen = geometric_levels(10.0, 0.01, 50), []
+    score_fn = told_score(target, target_types, num_atoms, seen)
+    frac, types = langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1),
+                           n_step_each=1, num_levels=5, update="ancestral", seed=0, noise_conditioned=True,
+                           progress=False)
+    assert len(seen) == 5  # 5 decoder calls in all
+    torch.testing.assert_close(torch.stack(seen)[:, 0], sigmas[[0, 12, 24, 37, 49]].float())
+    assert rms_to(frac, target, lattice, num_atoms) < 1e-5 and torch.equal(types, target_types)
+    with pytest.raises(ValueError, match="update must be one of"):
+        langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, types, update="ddim", progress=False)
+
+
+def test_sigma_ladder_thins_evenly_and_counts_calls():
+    sigmas = geometric_levels(10.0, 0.01, 50)
+    assert torch.equal(sigma_ladder(sigmas), sigmas)
+    assert torch.equal(sigma_ladder(sigmas, 2), sigmas[[0, 49]])
+    assert sigma_ladder(sigmas, 1).tolist() == [10.0]
+    assert torch.equal(sigma_ladder(sigmas, 3, min_sigma=1.0), sigmas[sigmas >= 1.0][[0, 8, 16]])
+    assert steps_per_sample(sigmas, 100) == 5000 and steps_per_sample(sigmas, 2, num_levels=10) == 20
+    with pytest.raises(ValueError, match="num_levels"):
+        sigma_ladder(sigmas, 0)
+
+
 def test_langevin_is_seeded_and_respects_forced_types_and_inactive_crystals():
     lattice, num_atoms, target, target_types = toy_structure()
     sigmas = geometric_levels(1.0, 0.01, 4)
@@ -163,6 +220,21 @@ def test_decode_returns_float32_crystals(tiny):
     assert all(torch.equal(out[k], again[k]) for k in out)
     bf16 = decode(model, z, seed=0, precision="bf16", **FAST)
     assert bf16["frac_coords"].dtype == torch.float32 and torch.isfinite(bf16["frac_coords"]).all()
+
+
+def test_a_noise_conditioned_vae_trains_and_decodes(tmp_path):
+    from torch_geometric.loader import DataLoader
+
+    from tvcsp.data import CrystalDataset
+
+    model, train_set = tiny_vae(tmp_path, tmp_path / "cache", noise_embedding_dim=8)
+    batch = next(iter(DataLoader(CrystalDataset(train_set, model.scalers), batch_size=4)))
+    loss = model.train()(batch)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.decoder.atom_latent_emb.weight.grad.abs().sum() > 0
+    z = torch.randn(3, model.config.latent_dim, generator=make_generator(0))
+    out = decode(model.eval(), z, seed=0, **FAST)
+    assert out["frac_coords"].shape == (int(out["num_atoms"].sum()), 3)
 
 
 def test_decode_survives_empty_crystals_and_bad_lattices(tiny, monkeypatch):

@@ -99,7 +99,8 @@ def _device(name: str | None) -> str:
 
 def _sampler_kwargs(args: argparse.Namespace) -> dict:
     return dict(batch_size=args.batch_size, num_evals=args.num_evals, n_step_each=args.n_step_each,
-                step_lr=args.step_lr, min_sigma=args.min_sigma, precision=args.precision, compile=args.compile,
+                step_lr=args.step_lr, min_sigma=args.min_sigma, num_levels=args.num_levels, update=args.update,
+                precision=args.precision, compile=args.compile,
                 seed=args.seed, device=_device(args.device), checkpoint=str(args.checkpoint),
                 progress=not args.no_progress)
 
@@ -201,6 +202,10 @@ def _add_sampler_options(parser: argparse.ArgumentParser, batch_size: int) -> No
     parser.add_argument("--n-step-each", type=_positive, default=100, help="Langevin steps per noise level (100)")
     parser.add_argument("--step-lr", type=float, default=1e-4, help="Langevin step size at the last level (1e-4)")
     parser.add_argument("--min-sigma", type=float, default=0.0, help="skip noise levels below this σ in Å (0)")
+    parser.add_argument("--num-levels", type=_positive, default=None,
+                        help="visit only this many noise levels, evenly spaced (all 50)")
+    parser.add_argument("--update", choices=["langevin", "ancestral"], default="langevin",
+                        help="langevin (CDVAE) or ancestral (jump to the clean estimate, re-noise to the next level)")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="decoder precision (32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder")
     parser.add_argument("--seed", type=int, default=0)

@@ -28,13 +28,14 @@ from .geometry import lattice_params_to_matrix
 if TYPE_CHECKING:
     from .vae import CrystalVAE
 
-__all__ = ["PRECISIONS", "ScoreFn", "checked_lattice", "composition_sample", "decode", "langevin", "make_generator",
-           "steps_per_sample"]
+__all__ = ["PRECISIONS", "UPDATES", "ScoreFn", "checked_lattice", "composition_sample", "decode", "langevin",
+           "make_generator", "sigma_ladder", "steps_per_sample"]
 
 ScoreFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``(z (B, D), frac (N, 3), types (N,), num_atoms (B,), lattice (B, 3, 3)) → (score (N, 3), logits (N, T))``."""
 
 PRECISIONS = ("32", "bf16")
+UPDATES = ("langevin", "ancestral")
 SAFE_CELL = 10.0  # Å, edge of the cubic stand-in cell for crystals whose predicted lattice is unusable
 MIN_RELATIVE_VOLUME = 1e-6  # V / (a·b·c) below this is treated as a singular lattice
 
@@ -125,12 +126,33 @@ def _autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def _level_constants(sigmas: torch.Tensor, step_lr: float, min_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drift factor α/σ and noise std √(2α) per visited level, α = step_lr·(σ/σ_L)² (σ_L = last level)."""
-    sigmas = sigmas.to(torch.float32)
+def sigma_ladder(sigmas: torch.Tensor, num_levels: int | None = None, min_sigma: float = 0.0) -> torch.Tensor:
+    """The levels a sampler visits: those ≥ ``min_sigma`` of ``sigmas`` (descending), thinned to ``num_levels``
+    evenly spaced in index (first and last kept; ``None``: all). ``(L,)`` Å → ``(L',)`` Å."""
     levels = sigmas[sigmas >= min_sigma]  # a host sync, once, before the step loop
-    alpha = step_lr * (levels / sigmas[-1]) ** 2
-    return alpha / levels, torch.sqrt(2.0 * alpha)
+    if num_levels is None or num_levels >= levels.numel() or levels.numel() == 0:
+        return levels
+    if num_levels < 1:
+        raise ValueError(f"num_levels must be positive, got {num_levels}")
+    index = torch.linspace(0, levels.numel() - 1, num_levels, device=levels.device).round().long()
+    return levels[index.unique()]
+
+
+def _step_constants(levels: torch.Tensor, step_lr: float, n_step_each: int, update: str,
+                    last_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per step t of the chain: its level σ_t, drift factor and noise std (docs/sampling.md#the-update).
+
+    ``langevin``: α = step_lr·(σ/σ_last)², drift α/σ, noise √(2α) (CDVAE). ``ancestral``: drift σ_t (the
+    decoder's estimate of the clean structure, x + σ_t·ŝ) and noise σ_{t+1} (the next step's level; 0 after the
+    last step, so the chain ends on a denoised structure).
+    """
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    sigma = levels.to(torch.float32).repeat_interleave(n_step_each)
+    if update == "langevin":
+        alpha = step_lr * (sigma / last_sigma) ** 2
+        return sigma, alpha / sigma, torch.sqrt(2.0 * alpha)
+    return sigma, sigma, torch.cat([sigma[1:], sigma.new_zeros(1)])
 
 
 @torch.no_grad()
@@ -146,6 +168,8 @@ def langevin(
     n_step_each: int = 100,
     step_lr: float = 1e-4,
     min_sigma: float = 0.0,
+    num_levels: int | None = None,
+    update: str = "langevin",
     generator: torch.Generator | None = None,
     seed: int | None = None,
     active: torch.Tensor | None = None,
@@ -153,17 +177,22 @@ def langevin(
     type_bias: torch.Tensor | None = None,
     precision: str = "32",
     compile: bool = False,
+    noise_conditioned: bool = False,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Annealed Langevin dynamics with a fixed lattice (docs/sampling.md#the-update).
 
-    For every level σ ≥ ``min_sigma`` of ``sigmas`` (descending) with α = step_lr·(σ/σ_L)², σ_L = ``sigmas[-1]``,
-    ``n_step_each`` times: (ŝ, logits) = score_fn(z, f, types, N, L); x = f·L; x ← x + α·ŝ/σ + √(2α)·η
+    For every visited level σ (:func:`sigma_ladder` of ``sigmas``, ``min_sigma``, ``num_levels``; descending),
+    ``n_step_each`` times: (ŝ, logits) = score_fn(z, f, types, N, L); x = f·L; x ← x + drift·ŝ + noise·η
     (η ~ N(0, I₃), Cartesian Å); f ← (x·L⁺) mod 1; types ← argmax(logits + bias) + 1 unless ``force_types``.
+    ``update='langevin'`` (CDVAE): drift α/σ, noise √(2α), α = step_lr·(σ/σ_L)², σ_L = ``sigmas[-1]``.
+    ``update='ancestral'``: drift σ (jump to the decoder's clean estimate), noise = the next step's σ, none
+    after the last step.
 
     Args:
         score_fn: see :data:`ScoreFn`; ŝ is unit-scale (the score estimate is ŝ/σ).
         z: ``(B, D)`` latents, passed through to ``score_fn``.
+        num_levels: visit only this many of the levels, evenly spaced (``None``: all).
         num_atoms: ``(B,)`` long; lattice: ``(B, 3, 3)`` Å, rows = vectors; sigmas: ``(L,)`` Å, descending.
         init_types: ``(N,)`` Z; init_frac: ``(N, 3)`` fractional, default uniform in [0, 1)³.
         generator / seed: random source on ``z.device`` (``seed`` used when no generator is given).
@@ -172,6 +201,8 @@ def langevin(
             decoder's logits alone); see ``composition_prior`` of :func:`decode`.
         precision: ``'32'`` or ``'bf16'`` (autocast of the ``score_fn`` call only).
         compile: wrap ``score_fn`` with :func:`torch.compile` (``dynamic=True``).
+        noise_conditioned: also pass ``sigma=`` the current level, ``(B,)`` Å, to ``score_fn`` (a decoder with
+            ``noise_embedding_dim > 0``).
         progress: a progress bar advanced once per level.
 
     Returns:
@@ -182,24 +213,26 @@ def langevin(
     frac = init_frac if init_frac is not None else torch.rand(
         n_total, 3, generator=generator, device=device, dtype=lattice.dtype)
     types = init_types.long()
-    drift, noise_std = _level_constants(sigmas.to(device), step_lr, min_sigma)
-    if n_total == 0 or drift.numel() == 0 or n_step_each <= 0:
+    levels = sigma_ladder(sigmas.to(device), num_levels, min_sigma)
+    if n_total == 0 or levels.numel() == 0 or n_step_each <= 0:
         return frac, types
+    step_sigma, drift, noise_std = _step_constants(levels, step_lr, n_step_each, update,
+                                                   sigmas.to(device, torch.float32)[-1])
     batch = torch.repeat_interleave(torch.arange(num_atoms.numel(), device=device), num_atoms, output_size=n_total)
     lat_atom, inv_atom = lattice[batch], torch.linalg.pinv(lattice)[batch]  # (N, 3, 3)
     moving = None if active is None else active[batch]
     bias = None if type_bias is None else type_bias.to(device)[batch]
     fn = torch.compile(score_fn, dynamic=True) if compile else score_fn
     autocast = _autocast(device, precision)
-    with tqdm(total=drift.numel(), desc="Langevin levels", disable=not progress, leave=False) as bar:
-        for level in range(drift.numel()):
-            step_drift, step_noise = drift[level], noise_std[level]
-            for _ in range(n_step_each):
+    with tqdm(total=levels.numel(), desc="Langevin levels", disable=not progress, leave=False) as bar:
+        for level in range(levels.numel()):
+            for t in range(level * n_step_each, (level + 1) * n_step_each):
+                told = {"sigma": step_sigma[t].expand(num_atoms.numel())} if noise_conditioned else {}
                 eta = torch.randn(frac.shape, generator=generator, device=device, dtype=frac.dtype)
                 with autocast:
-                    score, logits = fn(z, frac, types, num_atoms, lattice)
+                    score, logits = fn(z, frac, types, num_atoms, lattice, **told)
                 cart = torch.bmm(frac.unsqueeze(1), lat_atom).squeeze(1)
-                cart = cart + step_drift * score.to(frac.dtype) + step_noise * eta
+                cart = cart + drift[t] * score.to(frac.dtype) + noise_std[t] * eta
                 new_frac = torch.remainder(torch.bmm(cart.unsqueeze(1), inv_atom).squeeze(1), 1.0)
                 if bias is not None:
                     logits = logits.to(bias.dtype) + bias
@@ -221,6 +254,8 @@ def decode(
     n_step_each: int = 100,
     step_lr: float = 1e-4,
     min_sigma: float = 0.0,
+    num_levels: int | None = None,
+    update: str = "langevin",
     num_atoms: torch.Tensor | None = None,
     atom_types: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -262,15 +297,17 @@ def decode(
         init_types = atom_types.to(device).long()
     frac, types = langevin(
         model.decoder, z, num_atoms, lattice, model.sigmas, init_types, n_step_each=n_step_each, step_lr=step_lr,
-        min_sigma=min_sigma, generator=generator, active=valid, force_types=atom_types is not None,
-        type_bias=composition if composition_prior else None, precision=precision, compile=compile,
-        progress=progress,
+        min_sigma=min_sigma, num_levels=num_levels, update=update, generator=generator, active=valid,
+        force_types=atom_types is not None, type_bias=composition if composition_prior else None,
+        precision=precision, compile=compile,
+        noise_conditioned=model.decoder.config.noise_embedding_dim > 0, progress=progress,
     )
     return {"num_atoms": num_atoms, "lengths": lengths, "angles": angles, "frac_coords": frac.float(),
             "atom_types": types, "valid_lattice": valid}
 
 
-def steps_per_sample(sigmas: torch.Tensor, n_step_each: int, min_sigma: float = 0.0) -> int:
+def steps_per_sample(sigmas: torch.Tensor, n_step_each: int, min_sigma: float = 0.0,
+                     num_levels: int | None = None) -> int:
     """Decoder evaluations per crystal: visited levels × ``n_step_each`` (5,000 with CDVAE's defaults)."""
-    return int((sigmas >= min_sigma).sum()) * n_step_each
+    return sigma_ladder(sigmas, num_levels, min_sigma).numel() * n_step_each
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import provenance
 from .geometry import lattice_params_to_matrix
-from .sampling import PRECISIONS, decode, make_generator
+from .sampling import PRECISIONS, UPDATES, decode, make_generator
 
 if TYPE_CHECKING:
     from .data import CrystalTensors
@@ -115,10 +115,14 @@ def _open_run(out: Path, settings: dict, labels: dict) -> dict:
     return meta
 
 
-def _sampler_settings(n_step_each: int, step_lr: float, min_sigma: float, precision: str) -> dict:
+def _sampler_settings(n_step_each: int, step_lr: float, min_sigma: float, num_levels: int | None, update: str,
+                      precision: str) -> dict:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return {"n_step_each": n_step_each, "step_lr": step_lr, "min_sigma": min_sigma, "precision": precision}
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    return {"n_step_each": n_step_each, "step_lr": step_lr, "min_sigma": min_sigma, "num_levels": num_levels,
+            "update": update, "precision": precision}
 
 
 def _stack_evals(evals: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -170,8 +174,9 @@ def _assemble(parts: list[dict]) -> dict:
 def reconstruct(
     model: CrystalVAE, crystals: CrystalTensors, out_dir: str | os.PathLike, *, batch_size: int = 256,
     sample_z: bool = True, num_evals: int = 1, n_step_each: int = 100, step_lr: float = 1e-4, min_sigma: float = 0.0,
-    precision: str = "32", compile: bool = False, force_num_atoms: bool = False, force_atom_types: bool = False,
-    seed: int = 0, device: str | torch.device | None = None, dataset: str | None = None, split: str | None = None,
+    num_levels: int | None = None, update: str = "langevin", precision: str = "32", compile: bool = False,
+    force_num_atoms: bool = False, force_atom_types: bool = False, seed: int = 0,
+    device: str | torch.device | None = None, dataset: str | None = None, split: str | None = None,
     checkpoint: str | None = None, progress: bool = True,
 ) -> dict:
     """Encode every crystal and decode it ``num_evals`` times (docs/sampling.md#reconstruction).
@@ -194,7 +199,7 @@ def reconstruct(
     dataset = dataset or crystals.meta.get("dataset")
     split = split or crystals.meta.get("split")
     items = CrystalDataset(crystals)
-    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, precision)
+    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, num_levels, update, precision)
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:
         index = range(b * batch_size, min((b + 1) * batch_size, len(crystals)))
@@ -222,16 +227,17 @@ def reconstruct(
 
 def generate(
     model: CrystalVAE, n: int, out_dir: str | os.PathLike, *, batch_size: int = 500, num_evals: int = 1,
-    n_step_each: int = 100, step_lr: float = 1e-4, min_sigma: float = 0.0, precision: str = "32",
-    compile: bool = False, seed: int = 0, device: str | torch.device | None = None, dataset: str | None = None,
-    checkpoint: str | None = None, progress: bool = True,
+    n_step_each: int = 100, step_lr: float = 1e-4, min_sigma: float = 0.0, num_levels: int | None = None,
+    update: str = "langevin", precision: str = "32", compile: bool = False, seed: int = 0,
+    device: str | torch.device | None = None, dataset: str | None = None, checkpoint: str | None = None,
+    progress: bool = True,
 ) -> dict:
     """Decode ``n`` latents z ~ N(0, I) of the model's latent size (docs/sampling.md#generation;
     CDVAE: 20 × 500 = 10,000).
 
     Arguments as in :func:`reconstruct`; ``dataset`` is a label (default: unlabelled).
     """
-    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, precision)
+    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, num_levels, update, precision)
     latent = model.config.latent_dim
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:

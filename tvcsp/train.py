@@ -153,13 +153,15 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
 
 
 def _override(vae: VAEConfig, train: TrainConfig, overrides: dict) -> tuple[VAEConfig, TrainConfig]:
-    """Apply overrides by name: TrainConfig fields, VAEConfig fields (e.g. ``init_logvar``) and loss weights
-    as ``loss_<term>`` (e.g. ``loss_kld=0.001``)."""
+    """Apply overrides by name: TrainConfig fields, VAEConfig fields (e.g. ``init_logvar``), loss weights
+    as ``loss_<term>`` (e.g. ``loss_kld=0.001``) and decoder fields as ``decoder_<field>``."""
     vae_fields = {f.name for f in dataclasses.fields(VAEConfig)} - {"encoder", "decoder", "noise", "loss"}
     model = {k: v for k, v in overrides.items() if k in vae_fields}
-    loss = {k.removeprefix("loss_"): v for k, v in overrides.items() if k.startswith("loss_")}
-    rest = {k: v for k, v in overrides.items() if k not in model and not k.startswith("loss_")}
-    vae = dataclasses.replace(vae, **model, loss=dataclasses.replace(vae.loss, **loss))
+    prefixed = {prefix: {k.removeprefix(prefix): v for k, v in overrides.items() if k.startswith(prefix)}
+                for prefix in ("loss_", "decoder_")}
+    rest = {k: v for k, v in overrides.items() if k not in model and not k.startswith(("loss_", "decoder_"))}
+    vae = dataclasses.replace(vae, **model, loss=dataclasses.replace(vae.loss, **prefixed["loss_"]),
+                              decoder=dataclasses.replace(vae.decoder, **prefixed["decoder_"]))
     return vae, dataclasses.replace(train, **rest)
 
 

@@ -185,7 +185,8 @@ class CrystalVAE(nn.Module):
         cart = frac_to_cart(batch.frac_coords, lattice_used, atom_batch)
         noisy_frac = cart_to_frac(cart + sigma * torch.randn_like(cart), lattice_used, atom_batch)
 
-        score, type_logits = self.decoder(z, noisy_frac, noisy_types, batch.num_atoms, lattice_used)
+        score, type_logits = self.decoder(z, noisy_frac, noisy_types, batch.num_atoms, lattice_used,
+                                          sigma=self.sigmas[level])
 
         target_types = batch.atom_types - 1
         clean = frac_to_cart(batch.frac_coords, lattice_gt, atom_batch)

@@ -9,7 +9,7 @@ atom update, output block), :mod:`.interaction` (triplet interaction, interactio
 
 from .basis import angle_table, radial_basis, zonal_harmonics
 from .config import SCALE_FACTOR_SOURCES, DecoderConfig
-from .gemnet import GemNetTDecoder, cdvae_scale_factors, load_scale_factors
+from .gemnet import GemNetTDecoder, cdvae_scale_factors, load_scale_factors, noise_level_features
 from .graph import DecoderGraph, build_decoder_graph, symmetrise_edges
 from .interaction import CircularDownProjection, InteractionBlock, TripletInteraction
 from .layers import (
@@ -44,6 +44,7 @@ __all__ = [
     "cdvae_scale_factors",
     "he_orthogonal_",
     "load_scale_factors",
+    "noise_level_features",
     "radial_basis",
     "sum_to_targets",
     "symmetrise_edges",

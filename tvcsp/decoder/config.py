@@ -30,6 +30,9 @@ class DecoderConfig:
         max_images: periodic images searched per direction: 1 = CDVAE's 27 images {−1, 0, 1}³; ``None`` =
             as many as the cutoff needs (translation invariance then holds for any cell).
         num_atom_types: size of the element embedding and of the type logits; index = Z − 1.
+        noise_embedding_dim: 0 = CDVAE's decoder, which is not told the noise level and must infer it from
+            the structure; > 0 = each atom's input also gets this many sinusoidal features of ln σ (the
+            crystal's coordinate noise level, Å), see :func:`tvcsp.decoder.noise_level_features`.
         scale_factors: ``'cdvae'`` = CDVAE's fixed scale factors (``gemnet-dT.json``, shipped with tvcsp, see
             :func:`tvcsp.decoder.cdvae_scale_factors`); ``'none'`` = all 1.
     """
@@ -50,6 +53,7 @@ class DecoderConfig:
     max_neighbors: int = 20
     max_images: int | None = 1
     num_atom_types: int = 100
+    noise_embedding_dim: int = 0
     scale_factors: str = "cdvae"
 
     def __post_init__(self):
@@ -60,10 +64,12 @@ class DecoderConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        counts = ("num_before_skip", "num_after_skip", "num_concat", "num_atom")
+        counts = ("num_before_skip", "num_after_skip", "num_concat", "num_atom", "noise_embedding_dim")
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.noise_embedding_dim % 2:
+            raise ValueError(f"noise_embedding_dim must be even (sin, cos pairs), got {self.noise_embedding_dim}")
         if self.cutoff <= 0:
             raise ValueError(f"cutoff must be positive, got {self.cutoff}")
         if self.max_images is not None and self.max_images < 1:

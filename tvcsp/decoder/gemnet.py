@@ -9,6 +9,9 @@ Per call: build the symmetric radius graph from the current coordinates (7 Å, �
   rotation-equivariant, translation- and image-invariant), and
 * type logits Linear(h_i) of the final atom embeddings (invariant).
 
+With ``noise_embedding_dim > 0`` (not CDVAE) the atom input also carries sinusoidal features of ln σ, so the
+network is told the noise level instead of inferring it from how disordered the structure looks.
+
 GemNet's energy head is omitted: CDVAE computes it but never uses it (see :class:`~tvcsp.decoder.OutputBlock`).
 Everything is batched over crystals; host syncs are those of the graph construction only. Under autocast
 (e.g. bf16 on CUDA) the graph, the bases and the final sum of F_st · u_st stay in the input precision.
@@ -29,7 +32,7 @@ from .graph import build_decoder_graph
 from .interaction import CircularDownProjection, InteractionBlock
 from .layers import Dense, EdgeEmbedding, OutputBlock, ScaleFactor, sum_to_targets
 
-__all__ = ["SCALE_FACTORS_FILE", "GemNetTDecoder", "cdvae_scale_factors", "load_scale_factors"]
+__all__ = ["SCALE_FACTORS_FILE", "GemNetTDecoder", "cdvae_scale_factors", "load_scale_factors", "noise_level_features"]
 
 SCALE_FACTORS_FILE = "gemnet_dt_scale_factors.json"  # package data of tvcsp.decoder
 
@@ -58,6 +61,14 @@ def load_scale_factors(module: nn.Module, values: dict[str, float]) -> None:
         factor.value.fill_(values[factor.name])
 
 
+def noise_level_features(sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of u = ln σ: [sin(ω_k u), cos(ω_k u)], k = 1 … dim/2, ω_k geometric from 1/8 to 8
+    per unit of ln σ (ln σ spans ≈ 7 units for 0.01–10 Å). ``sigma``: ``(N,)`` Å → ``(N, dim)``."""
+    omega = torch.logspace(math.log10(1 / 8), math.log10(8), dim // 2, device=sigma.device, dtype=sigma.dtype)
+    u = torch.log(sigma).unsqueeze(-1) * omega
+    return torch.cat([torch.sin(u), torch.cos(u)], dim=-1)
+
+
 class GemNetTDecoder(nn.Module):
     """GemNet-dT score network conditioned on z (docs/model.md#gemnet-t-decoder).
 
@@ -79,7 +90,7 @@ class GemNetTDecoder(nn.Module):
 
         self.atom_emb = nn.Embedding(c.num_atom_types, hidden)
         nn.init.uniform_(self.atom_emb.weight, -math.sqrt(3.0), math.sqrt(3.0))
-        self.atom_latent_emb = nn.Linear(hidden + latent_dim, hidden)
+        self.atom_latent_emb = nn.Linear(hidden + latent_dim + c.noise_embedding_dim, hidden)
         self.edge_emb = EdgeEmbedding(hidden, c.num_radial, hidden)
         self.int_blocks = nn.ModuleList(
             InteractionBlock(
@@ -102,6 +113,7 @@ class GemNetTDecoder(nn.Module):
         atom_types: torch.Tensor,
         num_atoms: torch.Tensor,
         lattice: torch.Tensor,
+        sigma: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -110,6 +122,8 @@ class GemNetTDecoder(nn.Module):
             atom_types: ``(N,)`` long atomic numbers Z (1-based).
             num_atoms: ``(B,)`` long atoms per crystal.
             lattice: ``(B, 3, 3)`` Å, rows are lattice vectors.
+            sigma: ``(B,)`` Å, each crystal's coordinate noise level; needed when ``noise_embedding_dim > 0``,
+                ignored otherwise.
 
         Returns:
             scores ``(N, 3)`` Cartesian (unit scale; the Langevin drift uses ŝ/σ) and type logits
@@ -122,7 +136,13 @@ class GemNetTDecoder(nn.Module):
             angles = angle_table(graph, c.num_spherical)  # (N, D, L, D)
 
         z_atom = torch.repeat_interleave(z, num_atoms, dim=0, output_size=frac_coords.shape[0])
-        h = self.atom_latent_emb(torch.cat([self.atom_emb(atom_types - 1), z_atom], dim=-1))
+        inputs = [self.atom_emb(atom_types - 1), z_atom]
+        if c.noise_embedding_dim:
+            if sigma is None:
+                raise ValueError("this decoder is noise-conditioned (noise_embedding_dim > 0): pass sigma, (B,) Å")
+            sigma_atom = torch.repeat_interleave(sigma.to(z.dtype), num_atoms, output_size=frac_coords.shape[0])
+            inputs.append(noise_level_features(sigma_atom, c.noise_embedding_dim))
+        h = self.atom_latent_emb(torch.cat(inputs, dim=-1))
         m = self.edge_emb(h, rbf, graph.edge_index)
         rbf3, cbf3 = self.mlp_rbf3(rbf), self.mlp_cbf3(rbf)
         rbf_h, rbf_out = self.mlp_rbf_h(rbf), self.mlp_rbf_out(rbf)
