@@ -21,12 +21,14 @@ import torch
 from tvcsp.checkpoint import cpu_name, load_model, provenance
 from tvcsp.data import get_dataset, load_split
 from tvcsp.diagnostics import denoising_by_level, latent_usage, probe_reconstruction
+from tvcsp.sampling import steps_per_sample
 from tvcsp.train import _subset, train
 
 VARIANTS = {  # name: probe_reconstruction keyword arguments
     "sample z, CDVAE types": dict(latent="sample", composition_prior=False),
     "sample z, composition prior": dict(latent="sample", composition_prior=True),
     "mu, composition prior": dict(latent="mu", composition_prior=True),
+    "sample z, composition kept": dict(latent="sample", keep_composition=True),
     "mu, true types forced": dict(latent="mu", force_atom_types=True),
 }
 
@@ -54,43 +56,54 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--run-dir", default="runs/fit_test")
-    parser.add_argument("--n-step-each", type=int, default=20, help="Langevin steps per noise level")
+    parser.add_argument("--n-step-each", type=int, default=20, help="sampler steps per noise level")
+    parser.add_argument("--num-levels", type=int, default=None, help="noise levels visited (all 50)")
+    parser.add_argument("--update", default="langevin", help="sampler update: langevin or ancestral")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--evaluate-only", action="store_true", help="skip training: evaluate the run in --run-dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir)
     overrides = {"train_subset": args.n, "val_subset": args.n, "val_every_n_epochs": 50, "max_epochs": 100_000,
-                 "max_time": duration(args.minutes),
-                 **parse_overrides(args.set)}
-    start = time.perf_counter()
-    result = train("perov_5", args.profile, args.run_dir, resume=args.resume, progress=False, **overrides)
-    train_s = time.perf_counter() - start
+                 "max_time": duration(args.minutes), **parse_overrides(args.set)}
+    train_s = None
+    if not args.evaluate_only:
+        start = time.perf_counter()
+        train("perov_5", args.profile, run_dir, resume=args.resume, progress=False, **overrides)
+        train_s = time.perf_counter() - start
+    summary = json.loads((run_dir / "summary.json").read_text())
     info = get_dataset("perov_5")
-    crystals = _subset(load_split(info, "train", progress=False), args.n, result.metrics["train"]["seed"])
-    model = last_model(result)
+    crystals = _subset(load_split(info, "train", progress=False), args.n, summary["train"]["seed"])
+    model = last_model(run_dir)
+    sampler = dict(n_step_each=args.n_step_each, num_levels=args.num_levels, update=args.update)
+    calls = steps_per_sample(model.sigmas, args.n_step_each, num_levels=args.num_levels)
+    print(f"{summary['steps']} training steps; sampler {sampler}: {calls} decoder calls per crystal", flush=True)
     table = {}
-    for name, variant in VARIANTS.items():
+    for name in args.variants:
         t0 = time.perf_counter()
-        probe = probe_reconstruction(model, crystals, n_step_each=args.n_step_each, batch_size=args.n, **variant)
+        probe = probe_reconstruction(model, crystals, batch_size=args.n, **sampler, **VARIANTS[name])
         table[name] = {**probe, "seconds": time.perf_counter() - t0}
         print(f"{name:32s} match {probe['match_rate']:.3f}  rmse {probe['rmse'] or float('nan'):.4f}  "
               f"composition {probe['composition_accuracy']:.3f}  natoms {probe['natom_accuracy']:.3f}", flush=True)
     report = {
         "dataset": info.label, "split": "train", "n": args.n, "profile": args.profile, "overrides": overrides,
-        "train_seconds": train_s, "steps": result.metrics["steps"], "epochs": result.metrics["epochs_run"],
-        "threads": args.threads, "machine": cpu_name(), "latent_usage": {
+        "train_seconds": train_s, "steps": summary["steps"], "epochs": summary["epochs_run"],
+        "decoder_calls": calls, "threads": args.threads, "machine": cpu_name(), "latent_usage": {
             k: v for k, v in latent_usage(model, crystals).items() if k != "kl_per_dim"},
         "denoising": denoising_by_level(model, crystals), "reconstruction": table, **provenance(),
     }
     print(json.dumps({k: report[k] for k in ("train_seconds", "steps", "latent_usage", "denoising")}, indent=1))
-    Path(args.run_dir, "fit_test.json").write_text(json.dumps(report, indent=1))
+    tag = f"{args.update}_{calls}" if args.evaluate_only else ""
+    (run_dir / f"fit_test{'_' + tag if tag else ''}.json").write_text(json.dumps(report, indent=1))
 
 
-def last_model(result):
+def last_model(run_dir: Path):
     """The model at the end of training (the fit test asks about the crystals it trained on), in eval mode."""
-    model = load_model(result.model_path)
-    state = torch.load(result.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    model = load_model(run_dir / "model.pt")
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
     return model.eval()
 

@@ -12,6 +12,7 @@ from tvcsp import cli, tasks
 from tvcsp.checkpoint import save_model
 from tvcsp.geometry import batch_index, frac_to_cart, lattice_params_to_matrix, minimum_image_diff
 from tvcsp.sampling import (
+    CompositionKeeper,
     checked_lattice,
     composition_sample,
     decode,
@@ -166,6 +167,24 @@ def test_ancestral_update_on_a_thinned_ladder_ends_on_the_clean_structure():
         langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, types, update="ddim", progress=False)
 
 
+def test_composition_keeper_keeps_counts_and_follows_the_logits():
+    num_atoms = torch.tensor([3, 2])
+    batch = batch_index(num_atoms)
+    init = torch.tensor([8, 8, 22, 1, 1])  # TiO2 and H2
+    keeper = CompositionKeeper(init, batch, num_atoms)
+    logits = torch.full((5, 100), -5.0)
+    logits[:, 21] = 3.0  # every atom prefers Ti, atom 2 most of all; crystal 2 has no Ti to give
+    logits[2, 21] = 6.0
+    logits[1, 7] = 1.0
+    types = keeper.assign(logits)
+    assert types.tolist() == [8, 8, 22, 1, 1]
+    logits[0, 21] = 9.0  # now atom 0 is the Ti and the others get the two O
+    assert keeper.assign(logits).tolist() == [22, 8, 8, 1, 1]
+    for seed in range(5):  # any logits: the counts never change
+        out = keeper.assign(torch.randn(5, 100, generator=make_generator(seed)))
+        assert sorted(out[:3].tolist()) == [8, 8, 22] and out[3:].tolist() == [1, 1]
+
+
 def test_sigma_ladder_thins_evenly_and_counts_calls():
     sigmas = geometric_levels(10.0, 0.01, 50)
     assert torch.equal(sigma_ladder(sigmas), sigmas)
@@ -235,6 +254,17 @@ def test_a_noise_conditioned_vae_trains_and_decodes(tmp_path):
     z = torch.randn(3, model.config.latent_dim, generator=make_generator(0))
     out = decode(model.eval(), z, seed=0, **FAST)
     assert out["frac_coords"].shape == (int(out["num_atoms"].sum()), 3)
+
+
+def test_decode_can_keep_the_composition_it_starts_with(tiny):
+    model, _ = tiny
+    z = torch.randn(4, model.config.latent_dim, generator=make_generator(2))
+    out = decode(model, z, seed=0, keep_composition=True, n_step_each=3, min_sigma=1.0, progress=False)
+    num_atoms = model.predict_num_atoms(z)
+    start = composition_sample(torch.softmax(model.fc_composition(z).float(), -1), num_atoms, make_generator(0))
+    split = num_atoms.tolist()
+    assert [sorted(t.tolist()) for t in out["atom_types"].split(split)] == [
+        sorted(t.tolist()) for t in start.split(split)]
 
 
 def test_decode_survives_empty_crystals_and_bad_lattices(tiny, monkeypatch):

@@ -51,7 +51,7 @@ def _same_composition(types_a, types_b) -> bool:
 def probe_reconstruction(
     model, crystals: CrystalTensors, *, latent: str = "sample", n_step_each: int = 10, step_lr: float = 1e-4,
     composition_prior: bool = False, force_atom_types: bool = False, seed: int = 0, batch_size: int = 128,
-    workers: int | None = 1,
+    workers: int | None = 1, num_levels: int | None = None, update: str = "langevin", keep_composition: bool = False,
 ) -> dict:
     """Reconstruct ``crystals`` and score them with CDVAE's matcher (stol 0.5, angle_tol 10°, ltol 0.3).
 
@@ -59,7 +59,8 @@ def probe_reconstruction(
         model: a :class:`~tvcsp.vae.CrystalVAE`.
         crystals: the probe set (keep it small: every crystal costs ``50 × n_step_each`` decoder calls).
         latent: ``'sample'`` decodes z = μ + σ·ε (CDVAE's reconstruction), ``'mu'`` decodes μ.
-        n_step_each, step_lr, composition_prior: sampler settings (see :func:`tvcsp.sampling.decode`).
+        n_step_each, step_lr, composition_prior, num_levels, update, keep_composition: sampler settings (see
+            :func:`tvcsp.sampling.decode`).
         force_atom_types: decode with the true atom types and counts (isolates the coordinate score).
         seed: seeds ε and the sampler; workers: processes for the matcher (1 = in this process).
 
@@ -81,7 +82,8 @@ def probe_reconstruction(
             z = mu + torch.exp(0.5 * logvar) * eps if latent == "sample" else mu
             forced = {"num_atoms": batch.num_atoms, "atom_types": batch.atom_types} if force_atom_types else {}
             out = decode(model, z, n_step_each=n_step_each, step_lr=step_lr, composition_prior=composition_prior,
-                         generator=generator, progress=False, **forced)
+                         num_levels=num_levels, update=update, keep_composition=keep_composition, generator=generator,
+                         progress=False, **forced)
             samples = {k: v.unsqueeze(0).cpu() for k, v in out.items()}
             samples.update({f"gt_{k}": getattr(batch, k).cpu()
                             for k in ("num_atoms", "lengths", "angles", "frac_coords", "atom_types")})
@@ -97,7 +99,8 @@ def probe_reconstruction(
         "match_rate_no_validity": metrics["match_rate_no_validity"],
         "natom_accuracy": sum(natom_ok) / max(len(natom_ok), 1),
         "composition_accuracy": sum(comp_ok) / max(len(comp_ok), 1),
-        "latent": latent, "n_step_each": n_step_each, "step_lr": step_lr,
+        "latent": latent, "n_step_each": n_step_each, "step_lr": step_lr, "num_levels": num_levels, "update": update,
+        "keep_composition": keep_composition,
         "composition_prior": composition_prior, "force_atom_types": force_atom_types, "seed": seed,
     }
 

@@ -28,8 +28,8 @@ from .geometry import lattice_params_to_matrix
 if TYPE_CHECKING:
     from .vae import CrystalVAE
 
-__all__ = ["PRECISIONS", "UPDATES", "ScoreFn", "checked_lattice", "composition_sample", "decode", "langevin",
-           "make_generator", "sigma_ladder", "steps_per_sample"]
+__all__ = ["PRECISIONS", "UPDATES", "CompositionKeeper", "ScoreFn", "checked_lattice", "composition_sample", "decode",
+           "langevin", "make_generator", "sigma_ladder", "steps_per_sample"]
 
 ScoreFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``(z (B, D), frac (N, 3), types (N,), num_atoms (B,), lattice (B, 3, 3)) → (score (N, 3), logits (N, T))``."""
@@ -155,6 +155,45 @@ def _step_constants(levels: torch.Tensor, step_lr: float, n_step_each: int, upda
     return sigma, sigma, torch.cat([sigma[1:], sigma.new_zeros(1)])
 
 
+class CompositionKeeper:
+    """Types under a fixed composition: each crystal keeps the multiset of elements it started with, and the
+    decoder's logits only decide which atom gets which element (greedy: the most likely remaining
+    (atom, element) pair first). Set up once per chain; :meth:`assign` has no host synchronisation.
+
+    Args:
+        init_types: ``(N,)`` Z, the multiset to keep; batch: ``(N,)`` crystal index; num_atoms: ``(B,)``.
+    """
+
+    def __init__(self, init_types: torch.Tensor, batch: torch.Tensor, num_atoms: torch.Tensor):
+        self.batch, self.init_types, self.counts = batch, init_types.long(), None
+        self.n_max = int(num_atoms.max()) if num_atoms.numel() else 0  # one host sync, before the chain
+        offsets = torch.cumsum(num_atoms, 0) - num_atoms
+        self.pos = torch.arange(batch.numel(), device=batch.device) - offsets[batch]
+        self.padding = torch.ones(num_atoms.numel(), self.n_max, dtype=torch.bool, device=batch.device)
+        self.padding[batch, self.pos] = False
+
+    def assign(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, T)`` logits → ``(N,)`` Z with every crystal's element counts unchanged."""
+        n_crystals, t = self.padding.shape[0], logits.shape[-1]
+        if self.counts is None:
+            self.counts = torch.zeros(n_crystals, t, dtype=torch.long, device=logits.device)
+            self.counts.index_put_((self.batch, self.init_types - 1), torch.ones_like(self.batch), accumulate=True)
+        dense = logits.new_full((n_crystals, self.n_max, t), -torch.inf)
+        dense[self.batch, self.pos] = torch.log_softmax(logits.float(), dim=-1).to(dense.dtype)
+        remaining, taken = self.counts.clone(), self.padding.clone()
+        chosen = torch.zeros(n_crystals, self.n_max, dtype=torch.long, device=logits.device)
+        rows = torch.arange(n_crystals, device=logits.device)
+        for _ in range(self.n_max):
+            score = dense.masked_fill(taken.unsqueeze(-1) | (remaining == 0).unsqueeze(1), -torch.inf)
+            best, flat = score.view(n_crystals, -1).max(dim=-1)
+            ok = best > -torch.inf
+            atom, element = flat // t, flat % t
+            chosen[rows, atom] = torch.where(ok, element, chosen[rows, atom])
+            taken[rows, atom] |= ok
+            remaining[rows, element] -= ok.long()
+        return chosen[self.batch, self.pos] + 1
+
+
 @torch.no_grad()
 def langevin(
     score_fn: ScoreFn,
@@ -174,6 +213,7 @@ def langevin(
     seed: int | None = None,
     active: torch.Tensor | None = None,
     force_types: bool = False,
+    keep_composition: bool = False,
     type_bias: torch.Tensor | None = None,
     precision: str = "32",
     compile: bool = False,
@@ -197,6 +237,8 @@ def langevin(
         init_types: ``(N,)`` Z; init_frac: ``(N, 3)`` fractional, default uniform in [0, 1)³.
         generator / seed: random source on ``z.device`` (``seed`` used when no generator is given).
         active: ``(B,)`` bool, crystals to evolve (others keep their initial coordinates and types).
+        keep_composition: each crystal keeps the element counts of ``init_types``; the logits only decide which
+            atom gets which element (:class:`CompositionKeeper`; ``type_bias`` is then not used).
         type_bias: ``(B, T)`` added to every atom's type logits before the argmax (``None``: CDVAE's rule, the
             decoder's logits alone); see ``composition_prior`` of :func:`decode`.
         precision: ``'32'`` or ``'bf16'`` (autocast of the ``score_fn`` call only).
@@ -222,6 +264,7 @@ def langevin(
     lat_atom, inv_atom = lattice[batch], torch.linalg.pinv(lattice)[batch]  # (N, 3, 3)
     moving = None if active is None else active[batch]
     bias = None if type_bias is None else type_bias.to(device)[batch]
+    keeper = CompositionKeeper(types, batch, num_atoms) if keep_composition and not force_types else None
     fn = torch.compile(score_fn, dynamic=True) if compile else score_fn
     autocast = _autocast(device, precision)
     with tqdm(total=levels.numel(), desc="Langevin levels", disable=not progress, leave=False) as bar:
@@ -236,7 +279,12 @@ def langevin(
                 new_frac = torch.remainder(torch.bmm(cart.unsqueeze(1), inv_atom).squeeze(1), 1.0)
                 if bias is not None:
                     logits = logits.to(bias.dtype) + bias
-                new_types = types if force_types else logits.argmax(dim=-1) + 1
+                if force_types:
+                    new_types = types
+                elif keeper is not None:
+                    new_types = keeper.assign(logits)
+                else:
+                    new_types = logits.argmax(dim=-1) + 1
                 if moving is None:
                     frac, types = new_frac, new_types
                 else:
@@ -261,6 +309,7 @@ def decode(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     composition_prior: bool = False,
+    keep_composition: bool = False,
     precision: str = "32",
     compile: bool = False,
     progress: bool = True,
@@ -278,6 +327,8 @@ def decode(
         composition_prior: each step's types are argmax(decoder logits + log p(element | z)) with p from the
             composition head, so an element the head rules out is never chosen (``False``: CDVAE's rule, the
             decoder's argmax alone, which can swap an element for a chemically similar one).
+        keep_composition: every crystal keeps the composition it starts with (the composition head's, rounded
+            by :func:`composition_sample`); the decoder only decides which atom is which element.
         Other arguments as in :func:`langevin`.
 
     Returns:
@@ -298,7 +349,8 @@ def decode(
     frac, types = langevin(
         model.decoder, z, num_atoms, lattice, model.sigmas, init_types, n_step_each=n_step_each, step_lr=step_lr,
         min_sigma=min_sigma, num_levels=num_levels, update=update, generator=generator, active=valid,
-        force_types=atom_types is not None, type_bias=composition if composition_prior else None,
+        force_types=atom_types is not None, keep_composition=keep_composition,
+        type_bias=composition if composition_prior else None,
         precision=precision, compile=compile,
         noise_conditioned=model.decoder.config.noise_embedding_dim > 0, progress=progress,
     )

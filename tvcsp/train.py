@@ -68,6 +68,7 @@ class TrainConfig:
     probe_n_step_each: int = 10
     probe_latent: str = "sample"
     probe_composition_prior: bool = True
+    probe_keep_composition: bool = False
     kl_warmup_steps: int = 0
 
     def __post_init__(self):
@@ -110,7 +111,8 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
     ``quick``: a CPU teaching run (small model, 512 training crystals, minutes on 2 cores).
     ``cpu``: the recipe for training on a CPU: quick-profile model sizes on the full training split, CDVAE's
     lr schedule started higher (3e-3 → 1e-4), the posterior started nearly deterministic (``init_logvar=-6``)
-    and the composition loss weighted 10 (CDVAE: 1), which make z carry each crystal within a few hundred steps.
+    and the composition loss weighted 10 (CDVAE: 1), which make z carry each crystal within a few hundred steps,
+    and a decoder told the noise level (``DecoderConfig.noise_embedding_dim=32``; CDVAE's must infer it).
     ``paper``: paper Table 4 (docs/model.md#paper-settings: encoder cutoff, neighbours, radial basis, latent 64,
     lr 1e-4, epochs) + CDVAE.
     """
@@ -142,26 +144,30 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
             train = TrainConfig(dataset=info.name, max_epochs=30, batch_size=64, val_batch_size=128, lr=1e-3,
                                 min_lr=1e-4, lr_patience=5, val_every_n_epochs=1, teacher_forcing_max_epoch=10,
                                 train_subset=512, val_subset=128, coordination_sample=256)
-        else:  # the CPU recipe: a near-deterministic start and a 10× composition weight (benchmarks/RESULTS.md)
-            vae = dataclasses.replace(vae, init_logvar=-6.0,
-                                      loss=dataclasses.replace(vae.loss, composition=10.0))
+        else:  # the CPU recipe (benchmarks/RESULTS.md "Fit test"): a near-deterministic start, a 10× composition
+            # weight and a decoder told the noise level
+            vae = dataclasses.replace(vae, init_logvar=-6.0, loss=dataclasses.replace(vae.loss, composition=10.0),
+                                      decoder=dataclasses.replace(decoder, noise_embedding_dim=32))
             train = TrainConfig(dataset=info.name, max_epochs=1000, batch_size=64, val_batch_size=256, lr=3e-3,
                                 min_lr=1e-4, lr_patience=10, val_every_n_epochs=1, teacher_forcing_max_epoch=0,
-                                val_subset=512, probe_every_n_epochs=5, coordination_sample=2000)
+                                val_subset=512, probe_every_n_epochs=5, probe_keep_composition=True,
+                                coordination_sample=2000)
     vae = dataclasses.replace(vae, predict_property=predict_property)
     return _override(vae, train, overrides)
 
 
 def _override(vae: VAEConfig, train: TrainConfig, overrides: dict) -> tuple[VAEConfig, TrainConfig]:
     """Apply overrides by name: TrainConfig fields, VAEConfig fields (e.g. ``init_logvar``), loss weights
-    as ``loss_<term>`` (e.g. ``loss_kld=0.001``) and decoder fields as ``decoder_<field>``."""
+    as ``loss_<term>`` (e.g. ``loss_kld=0.001``), decoder fields as ``decoder_<field>`` and noise-schedule fields
+    as ``noise_<field>``."""
     vae_fields = {f.name for f in dataclasses.fields(VAEConfig)} - {"encoder", "decoder", "noise", "loss"}
     model = {k: v for k, v in overrides.items() if k in vae_fields}
     prefixed = {prefix: {k.removeprefix(prefix): v for k, v in overrides.items() if k.startswith(prefix)}
-                for prefix in ("loss_", "decoder_")}
-    rest = {k: v for k, v in overrides.items() if k not in model and not k.startswith(("loss_", "decoder_"))}
+                for prefix in ("loss_", "decoder_", "noise_")}
+    rest = {k: v for k, v in overrides.items() if k not in model and not k.startswith(tuple(prefixed))}
     vae = dataclasses.replace(vae, **model, loss=dataclasses.replace(vae.loss, **prefixed["loss_"]),
-                              decoder=dataclasses.replace(vae.decoder, **prefixed["decoder_"]))
+                              decoder=dataclasses.replace(vae.decoder, **prefixed["decoder_"]),
+                              noise=dataclasses.replace(vae.noise, **prefixed["noise_"]))
     return vae, dataclasses.replace(train, **rest)
 
 
@@ -409,7 +415,7 @@ def train(
         probes = {"train": _first(train_set, cfg.probe_size), "val": _first(val_set, cfg.probe_size)}
         callbacks.insert(0, ProbeCallback(probes, cfg.probe_every_n_epochs, n_step_each=cfg.probe_n_step_each,
                                           latent=cfg.probe_latent, composition_prior=cfg.probe_composition_prior,
-                                          seed=cfg.seed))
+                                          keep_composition=cfg.probe_keep_composition, seed=cfg.seed))
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, max_time=cfg.max_time, accelerator=cfg.accelerator,
         devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision, gradient_clip_val=cfg.grad_clip_value,

@@ -40,13 +40,19 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """Geometric noise levels (docs/model.md#noise-levels): coordinates in Å, atom types dimensionless."""
+    """Geometric noise levels (docs/model.md#noise-levels): coordinates in Å, atom types dimensionless.
+
+    ``tied``: a training crystal's atom types are noised at the same level index as its coordinates (CDVAE
+    draws the two levels independently), so that a noise-conditioned decoder, told the coordinate level, also
+    knows how far to trust the input types.
+    """
 
     sigma_begin: float = 10.0
     sigma_end: float = 0.01
     type_sigma_begin: float = 5.0
     type_sigma_end: float = 0.01
     num_levels: int = 50
+    tied: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,8 @@ class CrystalVAE(nn.Module):
 
         if levels is None:
             level = torch.randint(0, self.sigmas.numel(), (n_crystals,), device=z.device)
-            type_level = torch.randint(0, self.type_sigmas.numel(), (n_crystals,), device=z.device)
+            type_level = level if self.config.noise.tied else torch.randint(
+                0, self.type_sigmas.numel(), (n_crystals,), device=z.device)
         else:
             level = type_level = torch.as_tensor(levels, device=z.device).long().expand(n_crystals)
         sigma = self.sigmas[level][atom_batch].unsqueeze(-1)
