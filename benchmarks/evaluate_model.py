@@ -7,7 +7,8 @@
    the test split (or its first ``--reference-limit`` crystals); the energy EMD needs CDVAE's property model
    and is skipped, with the reason stored, where it cannot be fetched.
 
-Both use the annealed Langevin sampler with ``--n-step-each`` steps per noise level (CDVAE: 100). Writes
+Both use the annealed Langevin sampler with ``--n-step-each`` steps per noise level (CDVAE: 100) and the
+sampler options ``--num-levels``, ``--update``, ``--keep-composition`` (docs/sampling.md). Writes
 ``<out>/evaluation.json`` (labelled: dataset/split, model, seed, sampler, commit, device, timings) and prints a
 table. Run: ``python benchmarks/evaluate_model.py models/perov_5.pt --limit 500 --n-generate 1000``.
 """
@@ -26,6 +27,7 @@ from tvcsp.checkpoint import load_model, provenance
 from tvcsp.data import get_dataset, load_split
 from tvcsp.metrics import evaluate_crystals, evaluate_generation, reconstruction_metrics, write_metrics_json
 from tvcsp.metrics.property_model import energy_predictor
+from tvcsp.sampling import steps_per_sample
 from tvcsp.tasks import generate, reconstruct, to_structures
 
 
@@ -46,10 +48,15 @@ def test_subset(test, limit: int, seed: int):
     return test.select(pick.sort().values)
 
 
+def sampler_options(args) -> dict:
+    return dict(n_step_each=args.n_step_each, num_levels=args.num_levels, update=args.update,
+                keep_composition=args.keep_composition)
+
+
 def evaluate_reconstruction_split(model, crystals, train_formulas: set[str], args) -> dict:
     samples = reconstruct(model, crystals, args.out / "reconstruction", batch_size=args.batch_size,
-                          n_step_each=args.n_step_each, seed=args.seed, dataset="perov_5", split="test",
-                          checkpoint=str(args.model), progress=True)
+                          seed=args.seed, dataset="perov_5", split="test", checkpoint=str(args.model), progress=True,
+                          **sampler_options(args))
     pred = evaluate_crystals(to_structures(samples), workers=args.workers, desc="predictions")
     truth = evaluate_crystals(to_structures(samples, ground_truth=True), workers=args.workers, desc="ground truth")
     everything = reconstruction_metrics(pred, truth, workers=args.workers)
@@ -67,6 +74,9 @@ def main() -> None:
     parser.add_argument("--n-generate", type=int, default=1000)
     parser.add_argument("--reference-limit", type=int, default=0, help="reference test crystals (0: all)")
     parser.add_argument("--n-step-each", type=int, default=10, help="Langevin steps per noise level (CDVAE: 100)")
+    parser.add_argument("--num-levels", type=int, default=None, help="noise levels visited (all 50)")
+    parser.add_argument("--update", default="langevin", choices=["langevin", "ancestral"])
+    parser.add_argument("--keep-composition", action="store_true", help="types keep the composition head's counts")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
@@ -84,8 +94,8 @@ def main() -> None:
     recon = evaluate_reconstruction_split(model, crystals, train_formulas, args)
     timings["reconstruction"], t0 = time.perf_counter() - t0, time.perf_counter()
 
-    samples = generate(model, args.n_generate, args.out / "generation", batch_size=args.batch_size,
-                       n_step_each=args.n_step_each, seed=args.seed, dataset=info.name, checkpoint=str(args.model))
+    samples = generate(model, args.n_generate, args.out / "generation", batch_size=args.batch_size, seed=args.seed,
+                       dataset=info.name, checkpoint=str(args.model), **sampler_options(args))
     reference = test_subset(test, args.reference_limit, args.seed)
     predict, skipped = energy_predictor(info.name)
     gen = evaluate_generation(to_structures(samples), [reference.to_structure(i) for i in range(len(reference))],
@@ -93,7 +103,8 @@ def main() -> None:
     timings["generation"] = time.perf_counter() - t0
     labels = {"dataset": info.label, "split": "test", "model": str(args.model), "n_reconstructed": len(crystals),
               "test_size": len(test), "n_generated": args.n_generate, "n_reference": len(reference),
-              "n_step_each": args.n_step_each, "decoder_calls_per_crystal": model.sigmas.numel() * args.n_step_each,
+              **sampler_options(args),
+              "decoder_calls_per_crystal": steps_per_sample(model.sigmas, args.n_step_each, num_levels=args.num_levels),
               "latent": "sampled z (CDVAE)", "seed": args.seed, "threads": args.threads, **provenance()}
     metrics = {"reconstruction": recon, "generation": gen, "timings_s": timings}
     path = write_metrics_json(args.out / "evaluation.json", metrics, labels)

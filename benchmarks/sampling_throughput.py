@@ -77,11 +77,12 @@ def bench_case(model: CrystalVAE, atoms: int, batch: int, steps: int, device: to
     types = composition_sample(torch.softmax(model.fc_composition(z), -1), num_atoms, make_generator(0, device))
     frac = torch.rand(types.shape[0], 3, generator=make_generator(0, device), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    told = {"sigma": model.sigmas[:1].expand(batch)} if model.decoder.config.noise_embedding_dim else {}
 
     def decoder_calls():
         for _ in range(steps):
             with autocast:
-                model.decoder(z, frac, types, num_atoms, lattice)
+                model.decoder(z, frac, types, num_atoms, lattice, **told)
 
     decoder_calls()
     times = [timed(decoder_calls, device) / steps for _ in range(2)]

@@ -100,6 +100,7 @@ def _device(name: str | None) -> str:
 def _sampler_kwargs(args: argparse.Namespace) -> dict:
     return dict(batch_size=args.batch_size, num_evals=args.num_evals, n_step_each=args.n_step_each,
                 step_lr=args.step_lr, min_sigma=args.min_sigma, num_levels=args.num_levels, update=args.update,
+                keep_composition=args.keep_composition,
                 precision=args.precision, compile=args.compile,
                 seed=args.seed, device=_device(args.device), checkpoint=str(args.checkpoint),
                 progress=not args.no_progress)
@@ -206,6 +207,8 @@ def _add_sampler_options(parser: argparse.ArgumentParser, batch_size: int) -> No
                         help="visit only this many noise levels, evenly spaced (all 50)")
     parser.add_argument("--update", choices=["langevin", "ancestral"], default="langevin",
                         help="langevin (CDVAE) or ancestral (jump to the clean estimate, re-noise to the next level)")
+    parser.add_argument("--keep-composition", action="store_true",
+                        help="types keep the composition head's element counts (CDVAE: the decoder's argmax)")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="decoder precision (32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder")
     parser.add_argument("--seed", type=int, default=0)

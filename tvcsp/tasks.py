@@ -116,13 +116,13 @@ def _open_run(out: Path, settings: dict, labels: dict) -> dict:
 
 
 def _sampler_settings(n_step_each: int, step_lr: float, min_sigma: float, num_levels: int | None, update: str,
-                      precision: str) -> dict:
+                      keep_composition: bool, precision: str) -> dict:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
     return {"n_step_each": n_step_each, "step_lr": step_lr, "min_sigma": min_sigma, "num_levels": num_levels,
-            "update": update, "precision": precision}
+            "update": update, "keep_composition": keep_composition, "precision": precision}
 
 
 def _stack_evals(evals: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -174,8 +174,8 @@ def _assemble(parts: list[dict]) -> dict:
 def reconstruct(
     model: CrystalVAE, crystals: CrystalTensors, out_dir: str | os.PathLike, *, batch_size: int = 256,
     sample_z: bool = True, num_evals: int = 1, n_step_each: int = 100, step_lr: float = 1e-4, min_sigma: float = 0.0,
-    num_levels: int | None = None, update: str = "langevin", precision: str = "32", compile: bool = False,
-    force_num_atoms: bool = False, force_atom_types: bool = False, seed: int = 0,
+    num_levels: int | None = None, update: str = "langevin", keep_composition: bool = False, precision: str = "32",
+    compile: bool = False, force_num_atoms: bool = False, force_atom_types: bool = False, seed: int = 0,
     device: str | torch.device | None = None, dataset: str | None = None, split: str | None = None,
     checkpoint: str | None = None, progress: bool = True,
 ) -> dict:
@@ -199,7 +199,7 @@ def reconstruct(
     dataset = dataset or crystals.meta.get("dataset")
     split = split or crystals.meta.get("split")
     items = CrystalDataset(crystals)
-    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, num_levels, update, precision)
+    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, num_levels, update, keep_composition, precision)
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:
         index = range(b * batch_size, min((b + 1) * batch_size, len(crystals)))
@@ -228,7 +228,8 @@ def reconstruct(
 def generate(
     model: CrystalVAE, n: int, out_dir: str | os.PathLike, *, batch_size: int = 500, num_evals: int = 1,
     n_step_each: int = 100, step_lr: float = 1e-4, min_sigma: float = 0.0, num_levels: int | None = None,
-    update: str = "langevin", precision: str = "32", compile: bool = False, seed: int = 0,
+    update: str = "langevin", keep_composition: bool = False, precision: str = "32", compile: bool = False,
+    seed: int = 0,
     device: str | torch.device | None = None, dataset: str | None = None, checkpoint: str | None = None,
     progress: bool = True,
 ) -> dict:
@@ -237,7 +238,7 @@ def generate(
 
     Arguments as in :func:`reconstruct`; ``dataset`` is a label (default: unlabelled).
     """
-    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, num_levels, update, precision)
+    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, num_levels, update, keep_composition, precision)
     latent = model.config.latent_dim
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:

@@ -112,7 +112,8 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
     ``cpu``: the recipe for training on a CPU: quick-profile model sizes on the full training split, CDVAE's
     lr schedule started higher (3e-3 → 1e-4), the posterior started nearly deterministic (``init_logvar=-6``)
     and the composition loss weighted 10 (CDVAE: 1), which make z carry each crystal within a few hundred steps,
-    and a decoder told the noise level (``DecoderConfig.noise_embedding_dim=32``; CDVAE's must infer it).
+    a decoder told the noise level (``DecoderConfig.noise_embedding_dim=32``; CDVAE's must infer it) and atom
+    types noised at the same level as the coordinates (``NoiseSchedule.tied``).
     ``paper``: paper Table 4 (docs/model.md#paper-settings: encoder cutoff, neighbours, radial basis, latent 64,
     lr 1e-4, epochs) + CDVAE.
     """
@@ -145,9 +146,10 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
                                 min_lr=1e-4, lr_patience=5, val_every_n_epochs=1, teacher_forcing_max_epoch=10,
                                 train_subset=512, val_subset=128, coordination_sample=256)
         else:  # the CPU recipe (benchmarks/RESULTS.md "Fit test"): a near-deterministic start, a 10× composition
-            # weight and a decoder told the noise level
+            # weight, a decoder told the noise level and atom types noised at the coordinates' level
             vae = dataclasses.replace(vae, init_logvar=-6.0, loss=dataclasses.replace(vae.loss, composition=10.0),
-                                      decoder=dataclasses.replace(decoder, noise_embedding_dim=32))
+                                      decoder=dataclasses.replace(decoder, noise_embedding_dim=32),
+                                      noise=dataclasses.replace(vae.noise, tied=True))
             train = TrainConfig(dataset=info.name, max_epochs=1000, batch_size=64, val_batch_size=256, lr=3e-3,
                                 min_lr=1e-4, lr_patience=10, val_every_n_epochs=1, teacher_forcing_max_epoch=0,
                                 val_subset=512, probe_every_n_epochs=5, probe_keep_composition=True,
