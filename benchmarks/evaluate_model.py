@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--reference-limit", type=int, default=0, help="reference test crystals (0: all)")
     parser.add_argument("--n-step-each", type=int, default=10, help="Langevin steps per noise level (CDVAE: 100)")
     parser.add_argument("--num-levels", type=int, default=None, help="noise levels visited (all 50)")
-    parser.add_argument("--update", default="langevin", choices=["langevin", "ancestral"])
+    parser.add_argument("--update", default="langevin", choices=["langevin", "ancestral", "ddim"])
     parser.add_argument("--keep-composition", action="store_true", help="types keep the composition head's counts")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)

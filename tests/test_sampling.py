@@ -153,7 +153,7 @@ def test_noise_conditioned_langevin_tells_the_score_its_level():
     assert rms_to(frac, target, lattice, num_atoms) < 4 * sigmas[-1]
 
 
-def test_ancestral_update_on_a_thinned_ladder_ends_on_the_clean_structure():
+def test_ancestral_and_ddim_updates_on_a_thinned_ladder_end_on_the_clean_structure():
     lattice, num_atoms, target, target_types = toy_structure()
     sigmas, seen = geometric_levels(10.0, 0.01, 50), []
     score_fn = told_score(target, target_types, num_atoms, seen)
@@ -163,8 +163,15 @@ def test_ancestral_update_on_a_thinned_ladder_ends_on_the_clean_structure():
     assert len(seen) == 5  # 5 decoder calls in all
     torch.testing.assert_close(torch.stack(seen)[:, 0], sigmas[[0, 12, 24, 37, 49]].float())
     assert rms_to(frac, target, lattice, num_atoms) < 1e-5 and torch.equal(types, target_types)
+    seen.clear()
+    frac, _ = langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1),
+                       n_step_each=1, num_levels=5, update="ddim", seed=0, noise_conditioned=True, progress=False)
+    assert len(seen) == 5 and rms_to(frac, target, lattice, num_atoms) < 1e-5
+    with pytest.raises(ValueError, match="one step per level"):
+        langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, types, update="ddim", n_step_each=2,
+                 progress=False)
     with pytest.raises(ValueError, match="update must be one of"):
-        langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, types, update="ddim", progress=False)
+        langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, types, update="euler", progress=False)
 
 
 def test_composition_keeper_keeps_counts_and_follows_the_logits():

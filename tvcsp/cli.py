@@ -205,8 +205,9 @@ def _add_sampler_options(parser: argparse.ArgumentParser, batch_size: int) -> No
     parser.add_argument("--min-sigma", type=float, default=0.0, help="skip noise levels below this σ in Å (0)")
     parser.add_argument("--num-levels", type=_positive, default=None,
                         help="visit only this many noise levels, evenly spaced (all 50)")
-    parser.add_argument("--update", choices=["langevin", "ancestral"], default="langevin",
-                        help="langevin (CDVAE) or ancestral (jump to the clean estimate, re-noise to the next level)")
+    parser.add_argument("--update", choices=["langevin", "ancestral", "ddim"], default="langevin",
+                        help="langevin (CDVAE), ancestral (jump to the clean estimate, re-noise to the next level) "
+                             "or ddim (deterministic; one step per level)")
     parser.add_argument("--keep-composition", action="store_true",
                         help="types keep the composition head's element counts (CDVAE: the decoder's argmax)")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="decoder precision (32)")

@@ -35,7 +35,7 @@ ScoreFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``(z (B, D), frac (N, 3), types (N,), num_atoms (B,), lattice (B, 3, 3)) → (score (N, 3), logits (N, T))``."""
 
 PRECISIONS = ("32", "bf16")
-UPDATES = ("langevin", "ancestral")
+UPDATES = ("langevin", "ancestral", "ddim")
 SAFE_CELL = 10.0  # Å, edge of the cubic stand-in cell for crystals whose predicted lattice is unusable
 MIN_RELATIVE_VOLUME = 1e-6  # V / (a·b·c) below this is treated as a singular lattice
 
@@ -144,15 +144,23 @@ def _step_constants(levels: torch.Tensor, step_lr: float, n_step_each: int, upda
 
     ``langevin``: α = step_lr·(σ/σ_last)², drift α/σ, noise √(2α) (CDVAE). ``ancestral``: drift σ_t (the
     decoder's estimate of the clean structure, x + σ_t·ŝ) and noise σ_{t+1} (the next step's level; 0 after the
-    last step, so the chain ends on a denoised structure).
+    last step, so the chain ends on a denoised structure). ``ddim``: deterministic, drift σ_t − σ_{t+1} and no
+    noise (x moves to the clean estimate re-noised along the predicted noise, x̂₀ + σ_{t+1}·(x − x̂₀)/σ_t;
+    one step per level).
     """
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    if update == "ddim" and n_step_each != 1:
+        raise ValueError(f"update='ddim' takes one step per level (got n_step_each={n_step_each}): "
+                         "choose the number of steps with num_levels")
     sigma = levels.to(torch.float32).repeat_interleave(n_step_each)
     if update == "langevin":
         alpha = step_lr * (sigma / last_sigma) ** 2
         return sigma, alpha / sigma, torch.sqrt(2.0 * alpha)
-    return sigma, sigma, torch.cat([sigma[1:], sigma.new_zeros(1)])
+    following = torch.cat([sigma[1:], sigma.new_zeros(1)])
+    if update == "ddim":
+        return sigma, sigma - following, torch.zeros_like(sigma)
+    return sigma, sigma, following
 
 
 class CompositionKeeper:
@@ -227,7 +235,7 @@ def langevin(
     (η ~ N(0, I₃), Cartesian Å); f ← (x·L⁺) mod 1; types ← argmax(logits + bias) + 1 unless ``force_types``.
     ``update='langevin'`` (CDVAE): drift α/σ, noise √(2α), α = step_lr·(σ/σ_L)², σ_L = ``sigmas[-1]``.
     ``update='ancestral'``: drift σ (jump to the decoder's clean estimate), noise = the next step's σ, none
-    after the last step.
+    after the last step. ``update='ddim'``: drift σ − σ', no noise (σ' the next level, 0 after the last).
 
     Args:
         score_fn: see :data:`ScoreFn`; ŝ is unit-scale (the score estimate is ŝ/σ).
