@@ -29,6 +29,7 @@ VARIANTS = {  # name: probe_reconstruction keyword arguments
     "sample z, composition prior": dict(latent="sample", composition_prior=True),
     "mu, composition prior": dict(latent="mu", composition_prior=True),
     "sample z, composition kept": dict(latent="sample", keep_composition=True),
+    "mu, composition kept": dict(latent="mu", keep_composition=True),
     "mu, true types forced": dict(latent="mu", force_atom_types=True),
 }
 
