@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tvcsp.checkpoint import cpu_name, load_model, provenance
+from tvcsp.checkpoint import cpu_name, model_from_training_checkpoint, provenance
 from tvcsp.data import get_dataset, load_split
 from tvcsp.diagnostics import denoising_by_level, latent_usage, probe_reconstruction
 from tvcsp.sampling import steps_per_sample
@@ -103,10 +103,7 @@ def main() -> None:
 
 def last_model(run_dir: Path):
     """The model at the end of training (the fit test asks about the crystals it trained on), in eval mode."""
-    model = load_model(run_dir / "model.pt")
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
-    return model.eval()
+    return model_from_training_checkpoint(run_dir / "checkpoints" / "last.ckpt")[0]
 
 
 if __name__ == "__main__":
