@@ -146,6 +146,15 @@ def test_process_pool_gives_the_same_graphs_and_failed_graphs_give_nan(mp20):
     assert np.allclose(pred[1:], mp20.predict_graphs(serial[:3]))
 
 
+def test_elements_beyond_the_embedding_give_nan_not_an_error(mp20):
+    import dataclasses
+
+    (graph,) = crystalnn_graphs([perovskite()], workers=1, progress=False)
+    fermium = dataclasses.replace(graph, atom_types=np.where(graph.atom_types == 38, 100, graph.atom_types))
+    pred = mp20.predict_graphs([graph, fermium])
+    assert np.isfinite(pred[0]) and np.isnan(pred[1])
+
+
 @pytest.mark.slow
 def test_perovskite_model_on_the_first_300_perov_5_test_rows(shared_data):
     """ENVIRONMENT.md: MAE 0.037 eV/atom against heat_ref, Pearson r > 0.99 (the CSV cells, as given)."""
