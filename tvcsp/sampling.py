@@ -246,7 +246,7 @@ def langevin(
         generator / seed: random source on ``z.device`` (``seed`` used when no generator is given).
         active: ``(B,)`` bool, crystals to evolve (others keep their initial coordinates and types).
         keep_composition: each crystal keeps the element counts of ``init_types``; the logits only decide which
-            atom gets which element (:class:`CompositionKeeper`; ``type_bias`` is then not used).
+            atom gets which element (:class:`CompositionKeeper`; ``type_bias`` is added to the logits first).
         type_bias: ``(B, T)`` added to every atom's type logits before the argmax (``None``: CDVAE's rule, the
             decoder's logits alone); see ``composition_prior`` of :func:`decode`.
         precision: ``'32'`` or ``'bf16'`` (autocast of the ``score_fn`` call only).
