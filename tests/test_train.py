@@ -210,3 +210,35 @@ def test_validation_noise_is_fixed_so_the_selection_metric_moves_only_with_the_m
         next(model.decoder.parameters()).mul_(1.5)
     module.validation_step(batch, 0)
     assert logged[2][1] != logged[0][1]
+
+
+def test_weight_average_is_what_validation_and_export_use_and_can_be_switched_on_in_a_resumed_run(toy, tmp_path):
+    info, root = toy
+    train(info, "quick", tmp_path / "run", data_dir=root, progress=False, **TINY)  # no average
+    result = train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+                   **{**TINY, "max_epochs": 4, "ema_decay": 0.5})
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    average = {k.removeprefix("ema."): v for k, v in state.items() if k.startswith("ema.")}
+    trained = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    assert average.keys() == trained.keys()
+    moved = [k for k, v in average.items() if v.is_floating_point() and not torch.equal(v, trained[k])]
+    assert moved, "the average should lag the trained weights"
+    exported, _ = model_from_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(v, average[k]) for k, v in exported.state_dict().items())
+    assert result.metrics["train"]["ema_decay"] == 0.5
+
+
+def test_warm_start_takes_another_runs_weights_with_another_noise_schedule(toy, tmp_path):
+    info, root = toy
+    train(info, "quick", tmp_path / "a", data_dir=root, progress=False, **TINY)
+    source = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    start, _ = model_from_training_checkpoint(source)
+    settings = {**TINY, "max_epochs": 1, "lr": 0.0, "min_lr": 0.0, "init_from": str(source),
+                "noise_type_sigma_end": 0.5}
+    result = train(info, "quick", tmp_path / "b", data_dir=root, progress=False, **settings)
+    warm = load_model(result.model_path)
+    assert warm.type_sigmas[-1].item() == pytest.approx(0.5) and start.type_sigmas[-1].item() == pytest.approx(0.01)
+    assert all(torch.equal(v, start.state_dict()[k]) for k, v in warm.state_dict().items() if "sigmas" not in k)
+    with pytest.raises(CheckpointMismatchError, match="architecture"):
+        train(info, "quick", tmp_path / "c", data_dir=root, progress=False,
+              **{**settings, "decoder_hidden_dim": 32})

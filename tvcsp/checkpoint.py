@@ -22,6 +22,7 @@ __all__ = [
     "cpu_name",
     "load_model",
     "model_from_training_checkpoint",
+    "model_state",
     "provenance",
     "read_checkpoint",
     "save_model",
@@ -156,11 +157,19 @@ def load_state(model: torch.nn.Module, state_dict: dict, origin: str) -> None:
     model.load_state_dict(state_dict)
 
 
+def model_state(lightning_state: dict) -> dict:
+    """The :class:`CrystalVAE` weights in a training checkpoint's ``state_dict``: the moving average (``ema.*``)
+    when the run kept one, else the trained weights (``model.*``)."""
+    prefix = "ema." if any(k.startswith("ema.") for k in lightning_state) else "model."
+    return {k.removeprefix(prefix): v for k, v in lightning_state.items() if k.startswith(prefix)}
+
+
 def model_from_training_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                                    ) -> tuple[CrystalVAE, dict]:
     """The :class:`CrystalVAE` held by a Lightning training checkpoint of :func:`tvcsp.train.train` (``last.ckpt``
-    or ``best.ckpt``; ``weights_only=True``), in eval mode, and the checkpoint's ``tvcsp`` labels plus its
-    ``global_step`` and ``epoch``. Export it with :func:`save_model` (e.g. a run stopped before it wrote model.pt).
+    or ``best.ckpt``; ``weights_only=True``; the weight average when the run kept one), in eval mode, and the
+    checkpoint's ``tvcsp`` labels plus its ``global_step`` and ``epoch``. Export it with :func:`save_model` (e.g. a
+    run stopped before it wrote model.pt).
 
     Raises:
         CheckpointMismatchError: not a tvcsp training checkpoint (no ``tvcsp`` labels).
@@ -171,5 +180,5 @@ def model_from_training_checkpoint(path: str | os.PathLike, map_location: str | 
         raise CheckpointMismatchError(f"{path}: not a tvcsp training checkpoint (no 'tvcsp' labels)")
     model = CrystalVAE(VAEConfig.from_dict(meta["config"]), DatasetStats.from_dict(meta["stats"]),
                        Scalers.from_dict(meta["scalers"]))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
+    model.load_state_dict(model_state(state["state_dict"]))
     return model.eval(), {**meta, "global_step": state["global_step"], "epoch": state["epoch"]}

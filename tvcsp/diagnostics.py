@@ -173,7 +173,7 @@ class ProbeCallback(L.Callback):
         self._last: dict[str, float] = {}
 
     def _probe(self, trainer, module) -> dict[str, float]:
-        model = module.model
+        model = module.inference_model
         row = {}
         for name, crystals in self.probes.items():
             result = probe_reconstruction(model, crystals, **self.sampler)

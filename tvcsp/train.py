@@ -8,6 +8,7 @@ Every random draw in a training step is seeded from (seed, step), so a resumed r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -23,7 +24,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch_geometric.loader import DataLoader
 
-from .checkpoint import CheckpointMismatchError, provenance, save_model
+from .checkpoint import (
+    CheckpointMismatchError,
+    model_from_training_checkpoint,
+    model_state,
+    provenance,
+    save_model,
+)
 from .data import CrystalDataset, DatasetInfo, edge_distances, fit_scalers, get_dataset, load_split, load_stats
 from .data.files import home_dir
 from .decoder import DecoderConfig
@@ -70,6 +77,8 @@ class TrainConfig:
     probe_composition_prior: bool = True
     probe_keep_composition: bool = False
     kl_warmup_steps: int = 0
+    ema_decay: float = 0.0
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.select_by not in SELECTION_METRICS:
@@ -174,11 +183,40 @@ def _override(vae: VAEConfig, train: TrainConfig, overrides: dict) -> tuple[VAEC
 
 
 class TVCSPModule(L.LightningModule):
-    """Lightning wrapper of :class:`~tvcsp.vae.CrystalVAE` (training, validation, optimiser, checkpoint metadata)."""
+    """Lightning wrapper of :class:`~tvcsp.vae.CrystalVAE` (training, validation, optimiser, checkpoint metadata).
+
+    With ``train_config.ema_decay > 0`` it also keeps ``ema``, an exponential moving average of the model's
+    weights (docs/model.md#weight-averaging), updated after every optimiser step with the decay
+    ``min(ema_decay, (1 + step) / (10 + step))``; validation, probes and the exported model use the average.
+    """
 
     def __init__(self, model: CrystalVAE, train_config: TrainConfig, dataset_label: str):
         super().__init__()
         self.model, self.train_config, self.dataset_label = model, train_config, dataset_label
+        self.ema = copy.deepcopy(model).requires_grad_(False) if train_config.ema_decay > 0 else None
+
+    @property
+    def inference_model(self) -> CrystalVAE:
+        """The weights to evaluate: the moving average when there is one, else the trained model."""
+        return self.model if self.ema is None else self.ema
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is None:
+            return
+        step = self.global_step
+        weight = 1.0 - min(self.train_config.ema_decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), weight)
+        for average, buffer in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            average.copy_(buffer)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint saved without a moving average (EMA switched on in a resumed run) starts it from its
+        weights."""
+        state = checkpoint["state_dict"]
+        if self.ema is not None and not any(k.startswith("ema.") for k in state):
+            state.update({"ema." + k.removeprefix("model."): v for k, v in list(state.items())
+                          if k.startswith("model.")})
 
     def _seed(self, *keys: int) -> None:
         """Seed every generator from the run seed and ``keys`` (exact resume; distinct per DDP rank)."""
@@ -214,7 +252,7 @@ class TVCSPModule(L.LightningModule):
         self._seed(1, batch_idx)
         n_levels, first = self.model.sigmas.numel(), batch_idx * self.train_config.val_batch_size
         levels = torch.arange(first, first + batch.num_atoms.numel(), device=self.device) % n_levels
-        out = self.model(batch, teacher_forcing=False, levels=levels)
+        out = self.inference_model(batch, teacher_forcing=False, levels=levels)
         n = batch.num_atoms.numel()
         logged = {("val_total_loss" if k == "loss" else f"val_{k}"): v for k, v in out.items() if k != "val_loss"}
         self.log_dict(logged, batch_size=n, sync_dist=True)
@@ -337,6 +375,32 @@ def check_resumable(checkpoint: Path, vae: VAEConfig, dataset_label: str) -> Non
         raise CheckpointMismatchError(f"{checkpoint}: model config differs in {diff}; start a new run_dir instead")
 
 
+WARM_START_FREE = ("noise", "loss", "init_logvar")
+"""VAEConfig fields a warm start may change: they shape training (noise levels, loss weights, the initial
+posterior), not the network."""
+
+
+def warm_start(model: CrystalVAE, checkpoint: Path, dataset_label: str) -> None:
+    """Start ``model`` from the weights of another run's training checkpoint (its weight average if it kept one).
+
+    The checkpoint must come from the same dataset and a model with the same architecture; the fields in
+    :data:`WARM_START_FREE` may differ, and the noise levels are ``model``'s own. The optimiser starts afresh.
+
+    Raises:
+        CheckpointMismatchError: another dataset, another architecture, or not a training checkpoint.
+    """
+    source, meta = model_from_training_checkpoint(checkpoint)
+    if meta.get("dataset") != dataset_label:
+        raise CheckpointMismatchError(f"{checkpoint}: trained on {meta.get('dataset')!r}, not {dataset_label!r}")
+    old, new = meta["config"], model.config.to_dict()
+    diff = sorted(k for k in set(old) | set(new) if k not in WARM_START_FREE and old.get(k) != new.get(k))
+    if diff:
+        raise CheckpointMismatchError(f"{checkpoint}: model config differs in {diff}; a warm start needs the same "
+                                      "architecture")
+    noise_levels = {"sigmas", "type_sigmas"}
+    model.load_state_dict({k: v for k, v in source.state_dict().items() if k not in noise_levels}, strict=False)
+
+
 def _next_log_version(run_dir: Path) -> str:
     """``logs`` for a new run, ``logs-1``, ``logs-2``, … for each resumed session (CSVLogger overwrites)."""
     n = len(list(run_dir.glob("logs*/metrics.csv")))
@@ -379,6 +443,7 @@ def train(
     pass ``predict_property=True`` to :func:`make_configs` (the latent property head).
 
     With ``resume=True`` the run continues from ``run_dir/checkpoints/last.ckpt`` (same config required).
+    ``init_from=<training checkpoint>`` starts a new run from another run's weights (:func:`warm_start`).
     """
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
     vae_cfg, cfg = make_configs(info, profile, rbf, **overrides)
@@ -401,6 +466,8 @@ def train(
     # weight scaling on the training distances (docs/model.md#radial-bases)
     if isinstance(model.encoder.rbf, HybridRBF):
         model.encoder.rbf.fit_weight(edge_distances(train_set, vae_cfg.encoder.cutoff, vae_cfg.encoder.max_neighbors))
+    if cfg.init_from and not (resume and last.is_file()):
+        warm_start(model, Path(cfg.init_from), info.label)
     train_set, val_set = _subset(train_set, cfg.train_subset, cfg.seed), _subset(val_set, cfg.val_subset, cfg.seed)
     train_loader = DataLoader(CrystalDataset(train_set, scalers), batch_size=cfg.batch_size,
                               sampler=SeededSampler(len(train_set), cfg.seed), num_workers=cfg.num_workers)
@@ -436,8 +503,7 @@ def train(
     if not best.is_file():  # a resumed run whose earlier best file is gone (only last.ckpt was kept)
         warnings.warn(f"{best} is missing: exporting the last checkpoint instead", stacklevel=2)
         best = last
-    best_state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in best_state.items()})
+    model.load_state_dict(model_state(torch.load(best, map_location="cpu", weights_only=True)["state_dict"]))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if math.isfinite(float(v))}
     summary = {"dataset": info.label, "reduced_split": info.reduced, "split": "val", "profile": profile,
                "best_val_loss": float(checkpoints.best_model_score or math.nan), "final_metrics": metrics,
