@@ -1,10 +1,11 @@
-"""Quality against cost of the sampler: reconstruction match rate and RMSE of the same test crystals under
-sampler settings from CDVAE's 5,000 decoder calls per crystal down to a handful.
+"""Quality against cost of the sampler: reconstruction match rate and RMSE of the same test crystals (``--split
+val``: validation crystals, for choosing between models) under sampler settings from CDVAE's 5,000 decoder calls
+per crystal down to a handful.
 
 Each setting is ``update:levels:steps`` (``langevin:50:100`` = CDVAE: 50 levels × 100 steps). All settings decode
 the same seeded subset of ``--limit`` perov_5 test crystals from the same sampled latents (CDVAE's protocol) with
 the type rule given by ``--types``. Prints a markdown table (decoder calls, match rate, RMSE, seconds per
-crystal, crystals/s) and writes ``<out>/quality_cost.json`` labelled with dataset/split, model, seed, device
+crystal, crystals/s) and writes ``<out>/quality_cost_<split>.json`` labelled with dataset/split, model, seed, device
 and commit.
 
 Run: ``python benchmarks/quality_cost.py models/perov_5.pt --limit 200 --settings langevin:50:20 ancestral:10:2``.
@@ -46,7 +47,9 @@ def parse_setting(text: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
-    parser.add_argument("--limit", type=int, default=200, help="test crystals (seeded subset; 0: all)")
+    parser.add_argument("--limit", type=int, default=200, help="crystals of the split (seeded subset; 0: all)")
+    parser.add_argument("--split", choices=["val", "test"], default="test",
+                        help="test (report) or val (choosing between models)")
     parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, help="update:levels:steps ...")
     parser.add_argument("--types", choices=list(TYPE_RULES), default="kept", help="type rule (kept)")
     parser.add_argument("--batch-size", type=int, default=500)
@@ -60,14 +63,14 @@ def main() -> None:
     out = args.out or Path("runs") / f"quality_cost_{args.model.stem}"
     info = get_dataset("perov_5")
     model = load_model(args.model, dataset=info.name).eval()
-    crystals = test_subset(load_split(info, "test", progress=False), args.limit, args.seed)
+    crystals = test_subset(load_split(info, args.split, progress=False), args.limit, args.seed)
     rows = []
     for setting in settings:
         tag = "{update}_{num_levels}x{n_step_each}".format(**setting)
         start = time.perf_counter()
-        samples = reconstruct(model, crystals, out / f"{args.types}_{tag}", batch_size=args.batch_size,
-                              seed=args.seed, dataset=info.name, split="test", checkpoint=str(args.model),
-                              progress=False, **setting, **TYPE_RULES[args.types])
+        samples = reconstruct(model, crystals, out / f"{args.split}_{args.types}_{tag}",
+                              batch_size=args.batch_size, seed=args.seed, dataset=info.name, split=args.split,
+                              checkpoint=str(args.model), progress=False, **setting, **TYPE_RULES[args.types])
         seconds = time.perf_counter() - start
         metrics = evaluate_reconstruction(to_structures(samples), to_structures(samples, ground_truth=True),
                                           workers=args.workers, progress=False)
@@ -77,12 +80,12 @@ def main() -> None:
                      "crystals_per_s": len(crystals) / seconds})
         print(f"{tag:20s} {calls:5d} calls  match {metrics['match_rate']:.3f}  rmse {metrics['rmse']}  "
               f"{seconds / len(crystals):.3f} s/crystal", flush=True)
-    labels = {"dataset": info.label, "split": "test", "n": len(crystals), "model": str(args.model),
+    labels = {"dataset": info.label, "split": args.split, "n": len(crystals), "model": str(args.model),
               "types": args.types, "latent": "sampled z (CDVAE)", "seed": args.seed, "threads": args.threads,
               **provenance()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality_cost.json").write_text(json.dumps({"labels": labels, "rows": rows}, indent=1))
-    print(f"\n{info.label} test, {len(crystals)} crystals, types {args.types}, {labels['device']}, "
+    (out / f"quality_cost_{args.split}.json").write_text(json.dumps({"labels": labels, "rows": rows}, indent=1))
+    print(f"\n{info.label} {args.split}, {len(crystals)} crystals, types {args.types}, {labels['device']}, "
           f"commit {labels['commit']}\n")
     print("| update | levels | steps/level | decoder calls | match | RMSE | s/crystal | crystals/s |")
     print("|---|---|---|---|---|---|---|---|")

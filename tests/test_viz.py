@@ -148,3 +148,11 @@ def test_plot_probe_curve_skips_rows_without_a_probe(tmp_path):
     _check(fig, path)
     line = fig.axes[0].lines[0]
     assert list(line.get_xdata()) == [1.0, 2.0] and list(line.get_ydata()) == [10.0, 40.0]
+
+
+def test_plot_probe_curve_uses_a_cpu_hours_column_when_rows_carry_one(tmp_path):
+    history = [{"step": s, "cpu_hours": h, "probe_train_match_rate": 0.1, "probe_val_match_rate": 0.2,
+                "probe_train_composition_accuracy": 0.3, "probe_val_composition_accuracy": 0.4}
+               for s, h in ((100, 0.5), (200, 0.7))]
+    fig = viz.plot_probe_curve(history, None, title="toy", path=tmp_path / "curve.png")
+    assert list(fig.axes[0].lines[0].get_xdata()) == [0.5, 0.7]

@@ -402,19 +402,21 @@ def plot_rbf_comparison(comparison: dict, path: str | os.PathLike | None = None)
     return save_figure(fig, path)
 
 
-def plot_probe_curve(history, cpu_hours_per_step: float, title: str,
+def plot_probe_curve(history, cpu_hours_per_step: float | None, title: str,
                      path: str | os.PathLike | None = None) -> Figure:
     """Probe match rate (training and validation crystals) and composition accuracy against CPU-hours.
 
     ``history``: rows with ``step`` and ``probe_{train,val}_{match_rate,composition_accuracy}`` (the
     :class:`tvcsp.diagnostics.ProbeCallback` columns of :func:`tvcsp.train.read_metrics`, a DataFrame or a
-    list of dicts); ``cpu_hours_per_step`` converts steps to CPU-hours (cores × wall-clock hours per step).
+    list of dicts); ``cpu_hours_per_step`` converts steps to CPU-hours (cores × wall-clock hours per step); rows
+    with a ``cpu_hours`` column (a run trained in parts at different speeds) use it instead (pass ``None``).
     """
     rows = [dict(r) for r in (history.to_dict("records") if hasattr(history, "to_dict") else history)]
     rows = [r for r in rows if r.get("probe_val_match_rate") is not None and np.isfinite(r["probe_val_match_rate"])]
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
-    hours = [float(r["step"]) * cpu_hours_per_step for r in rows]
+    hours = [float(r["cpu_hours"]) if r.get("cpu_hours") is not None else float(r["step"]) * cpu_hours_per_step
+             for r in rows]
     for ax, metric, label in ((axes[0], "match_rate", "match rate"), (axes[1], "composition_accuracy",
                                                                        "composition right")):
         for part, style in (("train", "o-"), ("val", "s--")):
