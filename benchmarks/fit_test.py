@@ -88,7 +88,8 @@ def main() -> None:
         probe = probe_reconstruction(model, crystals, batch_size=args.n, **sampler, **VARIANTS[name])
         table[name] = {**probe, "seconds": time.perf_counter() - t0}
         print(f"{name:32s} match {probe['match_rate']:.3f}  rmse {probe['rmse'] or float('nan'):.4f}  "
-              f"composition {probe['composition_accuracy']:.3f}  natoms {probe['natom_accuracy']:.3f}", flush=True)
+              f"composition {probe['composition_accuracy']:.3f}  natoms {probe['natom_accuracy']:.3f}  "
+              f"failures {probe['failures']}", flush=True)
     report = {
         "dataset": info.label, "split": "train", "n": args.n, "profile": args.profile, "overrides": overrides,
         "train_seconds": train_s, "steps": summary["steps"], "epochs": summary["epochs_run"],

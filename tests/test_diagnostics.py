@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_vae
 
-from tvcsp.diagnostics import denoising_by_level, latent_usage, probe_reconstruction
+from tvcsp.diagnostics import denoising_by_level, failure_kinds, latent_usage, probe_reconstruction
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,7 @@ def test_probe_reconstruction_scores_and_restores_the_training_mode(vae):
     assert model.training
     assert out["n"] == len(crystals) and 0 <= out["match_rate"] <= out["match_rate_no_validity"] <= 1
     assert 0 <= out["composition_accuracy"] <= 1 and 0 <= out["natom_accuracy"] <= 1
+    assert sum(out["failures"].values()) <= out["n"] - round(out["match_rate_no_validity"] * out["n"])
     forced = probe_reconstruction(model.eval(), crystals, n_step_each=2, force_atom_types=True)
     assert forced["composition_accuracy"] == 1.0 and forced["natom_accuracy"] == 1.0
     with pytest.raises(ValueError, match="latent"):
@@ -67,3 +68,20 @@ def test_denoising_by_level_is_deterministic(vae):
     b = denoising_by_level(model, crystals, levels=(0, 49))
     assert a == b and a["sigma"][0] == pytest.approx(10.0) and a["sigma"][1] == pytest.approx(0.01)
     assert all(0 <= x <= 1 for x in a["type_accuracy"]) and all(x > 0 for x in a["coord"])
+
+
+def test_failure_kinds_name_why_each_reconstruction_fails():
+    from pymatgen.core import Lattice, Structure
+
+    def perovskite(a, b, x="O"):
+        return Structure(Lattice.cubic(3.9), [a, b, x, x, x],
+                         [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+    chain = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"], [[0.2 * i, 0, 0] for i in range(5)])
+
+    truth = perovskite("Sr", "Ti")
+    preds = [truth.copy(), None, Structure(Lattice.cubic(3.9), ["Sr", "Ti"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+             perovskite("Ba", "Ti"), perovskite("Ti", "Sr"), chain]
+    rms = [0.0, None, None, None, None, None]
+    counts = failure_kinds(preds, [truth] * len(preds), rms)
+    assert counts == {"no structure": 1, "atom count": 1, "composition": 1, "positions": 1, "sites": 1}

@@ -22,7 +22,13 @@ from torch_geometric.data import Batch
 from .data import CrystalDataset, CrystalTensors
 from .sampling import decode, make_generator
 
-__all__ = ["ProbeCallback", "denoising_by_level", "latent_usage", "probe_reconstruction"]
+__all__ = ["FAILURE_KINDS", "ProbeCallback", "denoising_by_level", "failure_kinds", "latent_usage",
+           "probe_reconstruction"]
+
+FAILURE_KINDS = ("no structure", "atom count", "composition", "positions", "sites")
+"""Why a reconstruction does not match, the first that applies: no usable structure, the wrong number of atoms,
+the wrong composition, atoms not where the truth has them (even with every element made the same), or the
+right positions with the elements on the wrong sites."""
 
 
 @contextlib.contextmanager
@@ -66,7 +72,8 @@ def probe_reconstruction(
 
     Returns:
         ``match_rate``, ``rmse`` (CDVAE's rule), ``match_rate_no_validity``, ``natom_accuracy`` (decoded atom
-        count right), ``composition_accuracy`` (decoded multiset of elements right), ``n``, and the settings.
+        count right), ``composition_accuracy`` (decoded multiset of elements right), ``failures`` (unmatched
+        crystals by :func:`failure_kinds`; SMACT-invalid matches are not among them), ``n``, and the settings.
     """
     from .metrics import evaluate_reconstruction
     from .tasks import to_structures
@@ -96,6 +103,7 @@ def probe_reconstruction(
     metrics = evaluate_reconstruction(preds, truths, workers=workers, progress=False)
     return {
         "n": len(crystals), "match_rate": metrics["match_rate"], "rmse": metrics["rmse"],
+        "failures": failure_kinds(preds, truths, metrics["rms_dist"]),
         "match_rate_no_validity": metrics["match_rate_no_validity"],
         "natom_accuracy": sum(natom_ok) / max(len(natom_ok), 1),
         "composition_accuracy": sum(comp_ok) / max(len(comp_ok), 1),
@@ -103,6 +111,42 @@ def probe_reconstruction(
         "keep_composition": keep_composition,
         "composition_prior": composition_prior, "force_atom_types": force_atom_types, "seed": seed,
     }
+
+
+def failure_kinds(preds, truths, rms_dist) -> dict[str, int]:
+    """How many unmatched reconstructions fail for each of :data:`FAILURE_KINDS`.
+
+    Args:
+        preds, truths: pymatgen Structures (``None`` = no structure), pairwise.
+        rms_dist: per pair, the matcher's result (``None`` = no match), e.g. ``reconstruction_metrics``'s
+            ``rms_dist``; matched pairs are not counted.
+    """
+    from .metrics.reconstruction import MATCHER_SETTINGS, match_rms
+
+    counts = dict.fromkeys(FAILURE_KINDS, 0)
+    same_count, same_species = [], []
+    for pred, truth, rms in zip(preds, truths, rms_dist, strict=True):
+        if rms is not None:
+            continue
+        if pred is None:
+            counts["no structure"] += 1
+        elif len(pred) != len(truth):
+            counts["atom count"] += 1
+        elif pred.composition != truth.composition:
+            counts["composition"] += 1
+        else:
+            same_count.append(_one_element(pred))
+            same_species.append(_one_element(truth))
+    placed = match_rms(same_count, same_species, workers=1, progress=False, **MATCHER_SETTINGS)
+    counts["positions"] = sum(r is None for r in placed)
+    counts["sites"] = len(placed) - counts["positions"]
+    return counts
+
+
+def _one_element(structure):
+    out = structure.copy()
+    out.replace_species({element: "Si" for element in structure.composition.elements})
+    return out
 
 
 def latent_usage(model, crystals: CrystalTensors, batch_size: int = 256, active_threshold: float = 0.01) -> dict:
