@@ -226,6 +226,8 @@ def test_weight_average_is_what_validation_and_export_use_and_can_be_switched_on
     exported, _ = model_from_training_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert all(torch.equal(v, average[k]) for k, v in exported.state_dict().items())
     assert result.metrics["train"]["ema_decay"] == 0.5
+    with pytest.warns(UserWarning, match="without it"):  # resumed without the average: trained weights go on
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False, **{**TINY, "max_epochs": 5})
 
 
 def test_warm_start_takes_another_runs_weights_with_another_noise_schedule(toy, tmp_path):

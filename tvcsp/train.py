@@ -121,8 +121,9 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
     ``cpu``: the recipe for training on a CPU: quick-profile model sizes on the full training split, CDVAE's
     lr schedule started higher (3e-3 → 1e-4), the posterior started nearly deterministic (``init_logvar=-6``)
     and the composition loss weighted 10 (CDVAE: 1), which make z carry each crystal within a few hundred steps,
-    a decoder told the noise level (``DecoderConfig.noise_embedding_dim=32``; CDVAE's must infer it) and atom
-    types noised at the same level as the coordinates (``NoiseSchedule.tied``).
+    a decoder told the noise level (``DecoderConfig.noise_embedding_dim=32``; CDVAE's must infer it), atom
+    types noised at the same level as the coordinates (``NoiseSchedule.tied``) but never less than
+    ``type_sigma_end=1.0`` (CDVAE: 0.01), so the decoder learns to correct wrong types at every level.
     ``paper``: paper Table 4 (docs/model.md#paper-settings: encoder cutoff, neighbours, radial basis, latent 64,
     lr 1e-4, epochs) + CDVAE.
     """
@@ -155,10 +156,10 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
                                 min_lr=1e-4, lr_patience=5, val_every_n_epochs=1, teacher_forcing_max_epoch=10,
                                 train_subset=512, val_subset=128, coordination_sample=256)
         else:  # the CPU recipe (benchmarks/RESULTS.md "Fit test"): a near-deterministic start, a 10× composition
-            # weight, a decoder told the noise level and atom types noised at the coordinates' level
+            # weight, a decoder told the noise level, atom types noised at the coordinates' level with a floor
             vae = dataclasses.replace(vae, init_logvar=-6.0, loss=dataclasses.replace(vae.loss, composition=10.0),
                                       decoder=dataclasses.replace(decoder, noise_embedding_dim=32),
-                                      noise=dataclasses.replace(vae.noise, tied=True))
+                                      noise=dataclasses.replace(vae.noise, tied=True, type_sigma_end=1.0))
             train = TrainConfig(dataset=info.name, max_epochs=1000, batch_size=64, val_batch_size=256, lr=3e-3,
                                 min_lr=1e-4, lr_patience=10, val_every_n_epochs=1, teacher_forcing_max_epoch=0,
                                 val_subset=512, probe_every_n_epochs=5, probe_keep_composition=True,
@@ -212,11 +213,18 @@ class TVCSPModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint saved without a moving average (EMA switched on in a resumed run) starts it from its
-        weights."""
+        weights; one saved with an average that this run does not keep (``ema_decay=0``) drops it, with a
+        warning, and continues from the trained weights."""
         state = checkpoint["state_dict"]
-        if self.ema is not None and not any(k.startswith("ema.") for k in state):
+        averaged = [k for k in state if k.startswith("ema.")]
+        if self.ema is not None and not averaged:
             state.update({"ema." + k.removeprefix("model."): v for k, v in list(state.items())
                           if k.startswith("model.")})
+        elif self.ema is None and averaged:
+            warnings.warn("the checkpoint keeps a weight average but ema_decay=0: continuing without it (pass "
+                          "the run's ema_decay to keep it)", stacklevel=2)
+            for k in averaged:
+                del state[k]
 
     def _seed(self, *keys: int) -> None:
         """Seed every generator from the run seed and ``keys`` (exact resume; distinct per DDP rank)."""
