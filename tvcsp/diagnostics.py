@@ -124,7 +124,7 @@ def failure_kinds(preds, truths, rms_dist) -> dict[str, int]:
     from .metrics.reconstruction import MATCHER_SETTINGS, match_rms
 
     counts = dict.fromkeys(FAILURE_KINDS, 0)
-    same_count, same_species = [], []
+    bare_preds, bare_truths = [], []  # every element made the same
     for pred, truth, rms in zip(preds, truths, rms_dist, strict=True):
         if rms is not None:
             continue
@@ -135,9 +135,9 @@ def failure_kinds(preds, truths, rms_dist) -> dict[str, int]:
         elif pred.composition != truth.composition:
             counts["composition"] += 1
         else:
-            same_count.append(_one_element(pred))
-            same_species.append(_one_element(truth))
-    placed = match_rms(same_count, same_species, workers=1, progress=False, **MATCHER_SETTINGS)
+            bare_preds.append(_one_element(pred))
+            bare_truths.append(_one_element(truth))
+    placed = match_rms(bare_preds, bare_truths, workers=1, progress=False, **MATCHER_SETTINGS)
     counts["positions"] = sum(r is None for r in placed)
     counts["sites"] = len(placed) - counts["positions"]
     return counts
