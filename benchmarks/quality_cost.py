@@ -3,10 +3,10 @@ val``: validation crystals, for choosing between models) under sampler settings 
 per crystal down to a handful.
 
 Each setting is ``update:levels:steps`` (``langevin:50:100`` = CDVAE: 50 levels × 100 steps). All settings decode
-the same seeded subset of ``--limit`` perov_5 crystals of the split from the same sampled latents (CDVAE's protocol) with
-the type rule given by ``--types``. Prints a markdown table (decoder calls, match rate, RMSE, seconds per
-crystal, crystals/s) and writes ``<out>/quality_cost_<split>.json`` labelled with dataset/split, model, seed, device
-and commit.
+the same seeded subset of ``--limit`` perov_5 crystals of the split from the same sampled latents (CDVAE's
+protocol) with the type rule given by ``--types``. Prints a markdown table (decoder calls, match rate, RMSE, seconds per
+crystal, crystals/s) and writes ``<out>/quality_cost_<split>.json`` labelled with dataset/split, model, seed,
+device and commit.
 
 Run: ``python benchmarks/quality_cost.py models/perov_5.pt --limit 200 --settings langevin:50:20 ancestral:10:2``.
 """
