@@ -25,7 +25,7 @@ run: $(BIN)/.installed
 	$(BIN)/papermill notebooks/03_train.ipynb runs/03_train_$(DATASET).ipynb -k python3 \
 		-p dataset $(DATASET) -p profile quick -p resume True
 	$(BIN)/papermill notebooks/05_reconstruction.ipynb runs/05_reconstruction_$(DATASET).ipynb -k python3 \
-		-p dataset $(DATASET) -p checkpoint runs/$(DATASET)_quick_seed0/model.pt
+		-p dataset $(DATASET) -p checkpoint runs/$(DATASET)_quick_seed0/model.pt -p curve_limit 0
 	$(BIN)/papermill notebooks/06_generation.ipynb runs/06_generation_$(DATASET).ipynb -k python3 \
 		-p dataset $(DATASET) -p checkpoint runs/$(DATASET)_quick_seed0/model.pt
 	# the shipped model (models/$(DATASET).pt), when there is one

@@ -156,3 +156,20 @@ def test_plot_probe_curve_uses_a_cpu_hours_column_when_rows_carry_one(tmp_path):
                for s, h in ((100, 0.5), (200, 0.7))]
     fig = viz.plot_probe_curve(history, None, title="toy", path=tmp_path / "curve.png")
     assert list(fig.axes[0].lines[0].get_xdata()) == [0.5, 0.7]
+
+
+def test_plot_quality_cost_draws_each_update_and_the_5000_call_band(tmp_path):
+    from tvcsp.sampler_cost import summarise
+
+    rows = [{"update": u, "num_levels": 50, "n_step_each": k, "types": "kept", "decoder_calls": 50 * k, "seed": seed,
+             "match_rate": m + 0.02 * seed, "rmse": 0.1, "seconds_per_crystal": 0.1}
+            for u, k, m in (("langevin", 100, 0.8), ("langevin", 2, 0.7), ("ddim", 1, 0.5)) for seed in (0, 1)]
+    path = tmp_path / "qc.png"
+    fig = viz.plot_quality_cost(summarise(rows), title="toy", path=path)
+    _check(fig, path)
+    assert len(fig.axes) == 2  # match rate and RMSE; no generation panels without generation metrics
+    ax = fig.axes[0]
+    langevin = ax.containers[0]
+    assert list(langevin.lines[0].get_xdata()) == [100, 5000]
+    assert list(langevin.lines[0].get_ydata()) == pytest.approx([71.0, 81.0])
+    assert any(line.get_linestyle() == ":" and line.get_ydata()[0] == pytest.approx(81.0) for line in ax.lines)

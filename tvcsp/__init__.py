@@ -8,6 +8,7 @@ Modules, one per concept (importing ``tvcsp`` loads none of them):
 * :mod:`tvcsp.decoder` — GemNet-dT; :mod:`tvcsp.vae` — the model and its losses; :mod:`tvcsp.train`,
   :mod:`tvcsp.checkpoint` — training and model files;
 * :mod:`tvcsp.sampling`, :mod:`tvcsp.tasks` — Langevin decoding, reconstruction and generation runs;
+  :mod:`tvcsp.sampler_cost` — the sampler's quality against decoder calls, with the spread between seeds;
 * :mod:`tvcsp.metrics` — CDVAE's evaluation metrics; :mod:`tvcsp.latent` — latent-space tools;
   :mod:`tvcsp.viz` — figures; :mod:`tvcsp.diagnostics` — learning diagnostics and the probe match rate;
 * :mod:`tvcsp.pretrained` — the models shipped in ``models/``: ``tvcsp.load_pretrained("perov_5")``.

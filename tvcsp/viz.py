@@ -27,6 +27,7 @@ __all__ = [
     "plot_dataset_histograms",
     "plot_hybrid_scaling",
     "plot_probe_curve",
+    "plot_quality_cost",
     "plot_rbf",
     "plot_rbf_comparison",
     "plot_structure",
@@ -423,6 +424,41 @@ def plot_probe_curve(history, cpu_hours_per_step: float | None, title: str,
             ax.plot(hours, [100 * float(r[f"probe_{part}_{metric}"]) for r in rows], style, ms=4,
                     label=f"{part} probe")
         ax.set(xlabel="CPU-hours of training", ylabel=f"{label} (%)", ylim=(0, 100), title=f"{title}: {label}")
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+QUALITY_COST_PANELS = (("match_rate", "reconstruction match rate (%)", 100), ("rmse", "reconstruction RMSE", 1),
+                       ("valid", "generated valid (%)", 100), ("cov_recall", "generated COV-R (%)", 100))
+
+
+def plot_quality_cost(summary, title: str, path: str | os.PathLike | None = None) -> Figure:
+    """Sampler quality against decoder calls per crystal (log axis), mean ± seed-to-seed standard deviation.
+
+    ``summary``: :func:`tvcsp.sampler_cost.summarise` entries (or a ``quality_cost_<split>.json``'s
+    ``"summary"``); one panel per metric present (:data:`QUALITY_COST_PANELS`), one line per update rule, and the
+    5,000-call point's mean ± sd drawn across the panel as the reference band.
+    """
+    panels = [p for p in QUALITY_COST_PANELS if any(p[0] in s for s in summary)]
+    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (key, label, scale) in zip(axes, panels, strict=True):
+        for update in dict.fromkeys(s["update"] for s in summary):
+            points = sorted((s["decoder_calls"], s[key]) for s in summary
+                            if s["update"] == update and s.get(key) and s[key]["mean"] is not None)
+            if points:
+                calls, stats = zip(*points, strict=True)
+                ax.errorbar(calls, [scale * v["mean"] for v in stats], yerr=[scale * (v["sd"] or 0) for v in stats],
+                            fmt="o-", ms=4, capsize=3, label=update)
+        cdvae = [s[key] for s in summary if s["decoder_calls"] == 5000 and s["update"] == "langevin" and s.get(key)]
+        if cdvae and cdvae[0]["mean"] is not None:
+            mean, sd = scale * cdvae[0]["mean"], scale * (cdvae[0]["sd"] or 0)
+            ax.axhspan(mean - sd, mean + sd, color="0.85", zorder=0)
+            ax.axhline(mean, color="0.4", ls=":", lw=1, label="5,000 calls (CDVAE)")
+        ax.set(xscale="log", xlabel="decoder calls per crystal", ylabel=label, title=f"{title}: {label}")
+        calls = sorted({s["decoder_calls"] for s in summary})
+        ax.set_xticks(calls, [f"{c:,}" for c in calls], minor=False)
+        ax.set_xticks([], minor=True)
         ax.legend(fontsize=8)
     return save_figure(fig, path)
 
