@@ -173,3 +173,12 @@ def test_plot_quality_cost_draws_each_update_and_the_5000_call_band(tmp_path):
     assert list(langevin.lines[0].get_xdata()) == [100, 5000]
     assert list(langevin.lines[0].get_ydata()) == pytest.approx([71.0, 81.0])
     assert any(line.get_linestyle() == ":" and line.get_ydata()[0] == pytest.approx(81.0) for line in ax.lines)
+
+
+def test_plot_quality_cost_keeps_only_the_panels_asked_for(tmp_path):
+    from tvcsp.sampler_cost import summarise
+
+    rows = [{"update": "langevin", "num_levels": 50, "n_step_each": 2, "types": "kept", "decoder_calls": 100,
+             "seed": 0, "match_rate": 0.8, "rmse": 0.1, "seconds_per_crystal": 0.1, "valid": 0.9, "cov_recall": 0.3}]
+    assert len(viz.plot_quality_cost(summarise(rows), "toy").axes) == 4
+    assert len(viz.plot_quality_cost(summarise(rows), "toy", metrics=("valid", "cov_recall")).axes) == 2

@@ -432,14 +432,16 @@ QUALITY_COST_PANELS = (("match_rate", "reconstruction match rate (%)", 100), ("r
                        ("valid", "generated valid (%)", 100), ("cov_recall", "generated COV-R (%)", 100))
 
 
-def plot_quality_cost(summary, title: str, path: str | os.PathLike | None = None) -> Figure:
+def plot_quality_cost(summary, title: str, path: str | os.PathLike | None = None,
+                      metrics: tuple[str, ...] | None = None) -> Figure:
     """Sampler quality against decoder calls per crystal (log axis), mean ± seed-to-seed standard deviation.
 
     ``summary``: :func:`tvcsp.sampler_cost.summarise` entries (or a ``quality_cost_<split>.json``'s
     ``"summary"``); one panel per metric present (:data:`QUALITY_COST_PANELS`), one line per update rule, and the
-    5,000-call point's mean ± sd drawn across the panel as the reference band.
+    5,000-call point's mean ± sd drawn across the panel as the reference band. ``metrics`` keeps only those panels
+    (e.g. ``("match_rate", "rmse")``).
     """
-    panels = [p for p in QUALITY_COST_PANELS if any(p[0] in s for s in summary)]
+    panels = [p for p in QUALITY_COST_PANELS if any(p[0] in s for s in summary) and (not metrics or p[0] in metrics)]
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (key, label, scale) in zip(axes, panels, strict=True):
