@@ -9,7 +9,7 @@ from torch_geometric.loader import DataLoader
 from tvcsp.checkpoint import CheckpointMismatchError, load_model, model_from_training_checkpoint, save_model
 from tvcsp.data import CrystalDataset, fit_scalers, load_split, load_stats
 from tvcsp.train import make_configs, read_metrics, train
-from tvcsp.vae import CrystalVAE
+from tvcsp.vae import CrystalVAE, shuffle_within_crystals
 
 
 @pytest.fixture
@@ -244,3 +244,18 @@ def test_warm_start_takes_another_runs_weights_with_another_noise_schedule(toy, 
     with pytest.raises(CheckpointMismatchError, match="architecture"):
         train(info, "quick", tmp_path / "c", data_dir=root, progress=False,
               **{**settings, "decoder_hidden_dim": 32})
+
+
+def test_type_shuffle_keeps_every_crystals_composition_and_scrambles_only_the_chosen():
+    torch.manual_seed(0)
+    batch = torch.repeat_interleave(torch.arange(40), 6)
+    types = torch.randint(1, 90, batch.shape)
+    same = shuffle_within_crystals(types, batch, 0.0)
+    assert torch.equal(same, types)
+    mixed = shuffle_within_crystals(types, batch, 0.5)
+    for b in range(40):
+        assert sorted(mixed[batch == b].tolist()) == sorted(types[batch == b].tolist())
+    moved = sum(not torch.equal(mixed[batch == b], types[batch == b]) for b in range(40))
+    assert 10 <= moved <= 30, moved
+    assert sum(not torch.equal(shuffle_within_crystals(types, batch, 1.0)[batch == b], types[batch == b])
+               for b in range(40)) >= 38

@@ -45,6 +45,10 @@ class NoiseSchedule:
     ``tied``: a training crystal's atom types are noised at the same level index as its coordinates (CDVAE
     draws the two levels independently), so that a noise-conditioned decoder, told the coordinate level, also
     knows how far to trust the input types.
+
+    ``type_shuffle``: the fraction of training crystals whose noised types are then permuted among their own atoms
+    (the composition is kept, the sites are scrambled), so that the decoder learns to move each element to its
+    site: the correction a composition-keeping sampler asks of it.
     """
 
     sigma_begin: float = 10.0
@@ -53,6 +57,7 @@ class NoiseSchedule:
     type_sigma_end: float = 0.01
     num_levels: int = 50
     tied: bool = False
+    type_shuffle: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,15 @@ class VAEConfig:
                 "loss": LossWeights(**d["loss"]),
             }
         )
+
+
+def shuffle_within_crystals(types: torch.Tensor, batch: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``types`` (N,) with the atoms of a random ``fraction`` of crystals permuted among themselves; ``batch`` (N,)
+    is the sorted crystal index of each atom. Every crystal keeps its composition."""
+    n_crystals = int(batch.max()) + 1 if batch.numel() else 0
+    chosen = torch.rand(n_crystals, device=types.device) < fraction
+    key = batch.double() + torch.rand(batch.shape, device=types.device, dtype=torch.float64) * chosen[batch]
+    return types[torch.argsort(key, stable=True)]
 
 
 def geometric_levels(begin: float, end: float, n: int) -> torch.Tensor:
@@ -189,6 +203,8 @@ class CrystalVAE(nn.Module):
         sigma = self.sigmas[level][atom_batch].unsqueeze(-1)
         type_sigma = self.type_sigmas[type_level][atom_batch]
         noisy_types = self.noisy_atom_types(batch.atom_types, comp_logits, type_sigma)
+        if levels is None and self.config.noise.type_shuffle > 0:
+            noisy_types = shuffle_within_crystals(noisy_types, atom_batch, self.config.noise.type_shuffle)
         cart = frac_to_cart(batch.frac_coords, lattice_used, atom_batch)
         noisy_frac = cart_to_frac(cart + sigma * torch.randn_like(cart), lattice_used, atom_batch)
 
