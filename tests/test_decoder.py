@@ -296,3 +296,20 @@ def test_cdvae_scale_factors_are_loaded():
     assert len(factors) == 13  # 3 × 3 interaction factors + 4 output blocks ('_had'; '_sum' is energy-only)
     assert factors["TripInteraction_1_had_rbf"].item() == 18.873615264892578
     assert factors["OutBlock_3_had"].item() == pytest.approx(13.484951972961426)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_latent_type_head_reads_z_and_keeps_logits_invariant(dtype, tol):
+    structures = [perovskite(), rock_salt()]
+    model = make_model(DecoderConfig(**SMALL, type_head_latent=True), dtype)
+    frac, types, num_atoms, lattice = make_batch(structures, dtype)
+    z = latents(len(structures), dtype)
+    scores, logits = model(z, frac, types, num_atoms, lattice)
+    assert logits.shape == (types.numel(), model.config.num_atom_types)
+    head_input = model.fc_atom[0].in_features
+    assert head_input == model.config.hidden_dim + z.shape[1]
+    rot = random_orthogonal(dtype, proper=False)
+    scores_r, logits_r = model(z, frac + 0.25, types, num_atoms, lattice @ rot.T)
+    scale = scores.abs().max()
+    torch.testing.assert_close(scores_r / scale, scores @ rot.T / scale, atol=tol, rtol=0)
+    torch.testing.assert_close(logits_r, logits, atol=tol * logits.abs().max().item(), rtol=0)

@@ -122,6 +122,14 @@ def test_training_run_writes_labelled_outputs_and_refuses_mismatched_resume(toy,
         train(info, "quick", tmp_path / "run", data_dir=root, progress=False, **TINY)
     with pytest.raises(CheckpointMismatchError, match="model config differs"):
         train(info, "quick", tmp_path / "run", resume=True, rbf="bessel", data_dir=root, progress=False, **TINY)
+    # a checkpoint saved before a config field existed resumes as that field's default
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    del state["tvcsp"]["config"]["decoder"]["type_head_latent"], state["tvcsp"]["config"]["noise"]["type_shuffle"]
+    torch.save(state, last)
+    resumed = train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+                    **{**TINY, "max_epochs": 3})
+    assert resumed.metrics["steps"] > summary["steps"]
 
 
 def test_non_finite_loss_stops_with_a_message(toy, tmp_path, monkeypatch):
@@ -259,3 +267,14 @@ def test_type_shuffle_keeps_every_crystals_composition_and_scrambles_only_the_ch
     assert 10 <= moved <= 30, moved
     assert sum(not torch.equal(shuffle_within_crystals(types, batch, 1.0)[batch == b], types[batch == b])
                for b in range(40)) >= 38
+
+
+def test_cosine_schedule_ends_the_budget_at_min_lr(toy, tmp_path):
+    info, root = toy
+    settings = {**TINY, "max_epochs": 50, "max_steps": 6, "lr": 1e-3, "min_lr": 1e-5, "lr_schedule": "cosine"}
+    train(info, "quick", tmp_path / "run", data_dir=root, progress=False, **settings)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 6
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        make_configs(info, "quick", lr_schedule="linear")

@@ -179,6 +179,7 @@ def test_plot_quality_cost_keeps_only_the_panels_asked_for(tmp_path):
     from tvcsp.sampler_cost import summarise
 
     rows = [{"update": "langevin", "num_levels": 50, "n_step_each": 2, "types": "kept", "decoder_calls": 100,
-             "seed": 0, "match_rate": 0.8, "rmse": 0.1, "seconds_per_crystal": 0.1, "valid": 0.9, "cov_recall": 0.3}]
-    assert len(viz.plot_quality_cost(summarise(rows), "toy").axes) == 4
+             "seed": 0, "match_rate": 0.8, "rmse": 0.1, "seconds_per_crystal": 0.1, "valid": 0.9, "cov_recall": 0.3,
+             "cov_precision": 0.2, "emd_energy": 0.3}]
+    assert len(viz.plot_quality_cost(summarise(rows), "toy").axes) == 6
     assert len(viz.plot_quality_cost(summarise(rows), "toy", metrics=("valid", "cov_recall")).axes) == 2

@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger
 from torch_geometric.loader import DataLoader
 
@@ -53,6 +53,7 @@ class TrainConfig:
     batch_size: int = 512
     val_batch_size: int = 256
     lr: float = 1e-4
+    lr_schedule: str = "plateau"
     lr_factor: float = 0.6
     lr_patience: int = 30
     min_lr: float = 1e-4
@@ -85,12 +86,20 @@ class TrainConfig:
             raise ValueError(f"select_by must be one of {SELECTION_METRICS}, got {self.select_by!r}")
         if self.select_by != "val_loss" and self.probe_every_n_epochs < 1:
             raise ValueError(f"select_by={self.select_by!r} needs probe_every_n_epochs ≥ 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.checkpoint_every_n_steps < 1:
             raise ValueError(f"checkpoint_every_n_steps must be positive, got {self.checkpoint_every_n_steps}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+LR_SCHEDULES = ("plateau", "cosine")
+"""``plateau``: CDVAE's ReduceLROnPlateau on the validation loss (factor ``lr_factor`` after ``lr_patience``
+validations without improvement, down to ``min_lr``). ``cosine``: from ``lr`` down to ``min_lr`` along half a
+cosine over the run's budget (the largest spent fraction of ``max_steps``/``max_epochs`` and ``max_time``), so a
+run stopped by its budget ends at ``min_lr``."""
 
 SELECTION_METRICS = ("val_loss", "probe_val_match_rate")
 """What picks the exported model: the fixed-noise validation loss (lower is better) or the match rate of the
@@ -118,12 +127,14 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
     as ``train_property``/``val_property``), which property optimisation in latent space needs.
 
     ``quick``: a CPU teaching run (small model, 512 training crystals, minutes on 2 cores).
-    ``cpu``: the recipe for training on a CPU: quick-profile model sizes on the full training split, CDVAE's
-    lr schedule started higher (3e-3 → 1e-4), the posterior started nearly deterministic (``init_logvar=-6``)
-    and the composition loss weighted 10 (CDVAE: 1), which make z carry each crystal within a few hundred steps,
-    a decoder told the noise level (``DecoderConfig.noise_embedding_dim=32``; CDVAE's must infer it), atom
-    types noised at the same level as the coordinates (``NoiseSchedule.tied``) but never less than
-    ``type_sigma_end=1.0`` (CDVAE: 0.01), so the decoder learns to correct wrong types at every level.
+    ``cpu``: the recipe for training on a CPU: quick-profile model sizes on the full training split, lr 5e-3
+    decaying along half a cosine to 1e-4 over the run's budget (``lr_schedule="cosine"``: set ``max_steps`` or
+    ``max_time`` to the budget), the posterior started nearly deterministic (``init_logvar=-6``) and the
+    composition loss weighted 10 (CDVAE: 1), which make z carry each crystal within a few hundred steps, a
+    decoder told the noise level (``DecoderConfig.noise_embedding_dim=32``; CDVAE's must infer it) whose type
+    head also reads z (``DecoderConfig.type_head_latent``), atom types noised at the same level as the
+    coordinates (``NoiseSchedule.tied``) but never less than ``type_sigma_end=2.0`` (CDVAE: 0.01), so the
+    decoder learns to correct wrong types at every level.
     ``paper``: paper Table 4 (docs/model.md#paper-settings: encoder cutoff, neighbours, radial basis, latent 64,
     lr 1e-4, epochs) + CDVAE.
     """
@@ -158,10 +169,12 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
         else:  # the CPU recipe (benchmarks/RESULTS.md "Fit test"): a near-deterministic start, a 10× composition
             # weight, a decoder told the noise level, atom types noised at the coordinates' level with a floor
             vae = dataclasses.replace(vae, init_logvar=-6.0, loss=dataclasses.replace(vae.loss, composition=10.0),
-                                      decoder=dataclasses.replace(decoder, noise_embedding_dim=32),
-                                      noise=dataclasses.replace(vae.noise, tied=True, type_sigma_end=1.0))
-            train = TrainConfig(dataset=info.name, max_epochs=1000, batch_size=64, val_batch_size=256, lr=3e-3,
-                                min_lr=1e-4, lr_patience=10, val_every_n_epochs=1, teacher_forcing_max_epoch=0,
+                                      decoder=dataclasses.replace(decoder, noise_embedding_dim=32,
+                                                                  type_head_latent=True),
+                                      noise=dataclasses.replace(vae.noise, tied=True, type_sigma_end=2.0))
+            train = TrainConfig(dataset=info.name, max_epochs=1000, batch_size=64, val_batch_size=256, lr=5e-3,
+                                lr_schedule="cosine", min_lr=1e-4, lr_patience=10, val_every_n_epochs=1,
+                                teacher_forcing_max_epoch=0,
                                 val_subset=512, probe_every_n_epochs=5, probe_keep_composition=True,
                                 coordination_sample=2000)
     vae = dataclasses.replace(vae, predict_property=predict_property)
@@ -266,9 +279,29 @@ class TVCSPModule(L.LightningModule):
         self.log_dict(logged, batch_size=n, sync_dist=True)
         self.log("val_loss", out["val_loss"], prog_bar=True, batch_size=n, sync_dist=True)
 
+    def budget_spent(self) -> float:
+        """Fraction of the run's budget spent, in [0, 1]: steps over the steps ``max_steps``/``max_epochs`` allow,
+        or training time over ``max_time``, whichever is larger."""
+        trainer = self.trainer
+        spent = self.global_step / max(1, trainer.estimated_stepping_batches)
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is not None:
+            elapsed = timer.time_elapsed()
+            spent = max(spent, elapsed / max(elapsed + remaining, 1e-9))
+        return min(1.0, spent)
+
     def configure_optimizers(self):
         cfg = self.train_config
         optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        if cfg.lr_schedule == "cosine":
+            floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 1.0
+
+            def factor(_: int) -> float:
+                return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * self.budget_spent()))
+
+            cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
         )
@@ -372,13 +405,19 @@ def _first(crystals, n: int):
     return crystals.select(torch.arange(min(n, len(crystals))))
 
 
+def _stored_config(meta: dict) -> dict:
+    """A checkpoint's model config with the fields added since it was saved at their defaults (which keep the
+    behaviour of the code that saved it), so that it compares equal to the same config built today."""
+    return VAEConfig.from_dict(meta["config"]).to_dict() if "config" in meta else {}
+
+
 def check_resumable(checkpoint: Path, vae: VAEConfig, dataset_label: str) -> None:
     """Refuse to resume from a checkpoint whose model config or dataset differs from the requested run."""
     meta = torch.load(checkpoint, map_location="cpu", weights_only=True).get("tvcsp", {})
     if meta.get("dataset") != dataset_label:
         raise CheckpointMismatchError(f"{checkpoint}: trained on {meta.get('dataset')!r}, not {dataset_label!r}")
-    if meta.get("config") != vae.to_dict():
-        old, new = meta.get("config", {}), vae.to_dict()
+    old, new = _stored_config(meta), vae.to_dict()
+    if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise CheckpointMismatchError(f"{checkpoint}: model config differs in {diff}; start a new run_dir instead")
 
@@ -400,7 +439,7 @@ def warm_start(model: CrystalVAE, checkpoint: Path, dataset_label: str) -> None:
     source, meta = model_from_training_checkpoint(checkpoint)
     if meta.get("dataset") != dataset_label:
         raise CheckpointMismatchError(f"{checkpoint}: trained on {meta.get('dataset')!r}, not {dataset_label!r}")
-    old, new = meta["config"], model.config.to_dict()
+    old, new = _stored_config(meta), model.config.to_dict()
     diff = sorted(k for k in set(old) | set(new) if k not in WARM_START_FREE and old.get(k) != new.get(k))
     if diff:
         raise CheckpointMismatchError(f"{checkpoint}: model config differs in {diff}; a warm start needs the same "

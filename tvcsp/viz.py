@@ -429,7 +429,8 @@ def plot_probe_curve(history, cpu_hours_per_step: float | None, title: str,
 
 
 QUALITY_COST_PANELS = (("match_rate", "reconstruction match rate (%)", 100), ("rmse", "reconstruction RMSE", 1),
-                       ("valid", "generated valid (%)", 100), ("cov_recall", "generated COV-R (%)", 100))
+                       ("valid", "generated valid (%)", 100), ("cov_recall", "generated COV-R (%)", 100),
+                       ("cov_precision", "generated COV-P (%)", 100), ("emd_energy", "energy EMD (eV/atom)", 1))
 
 
 def plot_quality_cost(summary, title: str, path: str | os.PathLike | None = None,
@@ -457,11 +458,12 @@ def plot_quality_cost(summary, title: str, path: str | os.PathLike | None = None
             mean, sd = scale * cdvae[0]["mean"], scale * (cdvae[0]["sd"] or 0)
             ax.axhspan(mean - sd, mean + sd, color="0.85", zorder=0)
             ax.axhline(mean, color="0.4", ls=":", lw=1, label="5,000 calls (CDVAE)")
-        ax.set(xscale="log", xlabel="decoder calls per crystal", ylabel=label, title=f"{title}: {label}")
+        ax.set(xscale="log", xlabel="decoder calls per crystal", ylabel=label)
         calls = sorted({s["decoder_calls"] for s in summary})
-        ax.set_xticks(calls, [f"{c:,}" for c in calls], minor=False)
+        ax.set_xticks(calls, [f"{c // 1000}k" if c >= 1000 and c % 1000 == 0 else f"{c}" for c in calls], minor=False)
         ax.set_xticks([], minor=True)
         ax.legend(fontsize=8)
+    fig.suptitle(title)
     return save_figure(fig, path)
 
 

@@ -33,6 +33,9 @@ class DecoderConfig:
         noise_embedding_dim: 0 = CDVAE's decoder, which is not told the noise level and must infer it from
             the structure; > 0 = each atom's input also gets this many sinusoidal features of ln σ (the
             crystal's coordinate noise level, Å), see :func:`tvcsp.decoder.noise_level_features`.
+        type_head_latent: ``False`` = CDVAE's type head, a linear map of each atom's final embedding; ``True`` =
+            an MLP (one hidden layer of ``hidden_dim``, SiLU) of the final embedding concatenated with z, so that
+            which element goes to which site can depend on the crystal's latent directly.
         scale_factors: ``'cdvae'`` = CDVAE's fixed scale factors (``gemnet-dT.json``, shipped with tvcsp, see
             :func:`tvcsp.decoder.cdvae_scale_factors`); ``'none'`` = all 1.
     """
@@ -54,6 +57,7 @@ class DecoderConfig:
     max_images: int | None = 1
     num_atom_types: int = 100
     noise_embedding_dim: int = 0
+    type_head_latent: bool = False
     scale_factors: str = "cdvae"
 
     def __post_init__(self):

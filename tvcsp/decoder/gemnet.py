@@ -102,7 +102,11 @@ class GemNetTDecoder(nn.Module):
         self.out_blocks = nn.ModuleList(
             OutputBlock(hidden, c.emb_size_rbf, c.num_atom, f"OutBlock_{i}") for i in range(c.num_blocks + 1)
         )
-        self.fc_atom = nn.Linear(hidden, c.num_atom_types)
+        if c.type_head_latent:
+            self.fc_atom = nn.Sequential(nn.Linear(hidden + latent_dim, hidden), nn.SiLU(),
+                                         nn.Linear(hidden, c.num_atom_types))
+        else:
+            self.fc_atom = nn.Linear(hidden, c.num_atom_types)
         if c.scale_factors == "cdvae":
             load_scale_factors(self, cdvae_scale_factors())
 
@@ -152,4 +156,4 @@ class GemNetTDecoder(nn.Module):
             h, m = block(h, m, rbf3, cbf3, angles, rbf_h, graph)
             forces = forces + out_block(m, rbf_out)
         scores = sum_to_targets(forces.unsqueeze(-1) * graph.directions, graph.target, graph.num_nodes)
-        return scores, self.fc_atom(h)
+        return scores, self.fc_atom(torch.cat([h, z_atom], dim=-1) if c.type_head_latent else h)
