@@ -167,7 +167,8 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
                                 min_lr=1e-4, lr_patience=5, val_every_n_epochs=1, teacher_forcing_max_epoch=10,
                                 train_subset=512, val_subset=128, coordination_sample=256)
         else:  # the CPU recipe (benchmarks/RESULTS.md "Fit test"): a near-deterministic start, a 10× composition
-            # weight, a decoder told the noise level, atom types noised at the coordinates' level with a floor
+            # weight, a decoder told the noise level whose type head reads z, atom types noised at the coordinates'
+            # level with a floor, a cosine lr over the run's budget (lr_patience only serves lr_schedule="plateau")
             vae = dataclasses.replace(vae, init_logvar=-6.0, loss=dataclasses.replace(vae.loss, composition=10.0),
                                       decoder=dataclasses.replace(decoder, noise_embedding_dim=32,
                                                                   type_head_latent=True),
