@@ -258,14 +258,14 @@ def test_type_shuffle_keeps_every_crystals_composition_and_scrambles_only_the_ch
     torch.manual_seed(0)
     batch = torch.repeat_interleave(torch.arange(40), 6)
     types = torch.randint(1, 90, batch.shape)
-    same = shuffle_within_crystals(types, batch, 0.0)
+    same = shuffle_within_crystals(types, batch, 40, 0.0)
     assert torch.equal(same, types)
-    mixed = shuffle_within_crystals(types, batch, 0.5)
+    mixed = shuffle_within_crystals(types, batch, 40, 0.5)
     for b in range(40):
         assert sorted(mixed[batch == b].tolist()) == sorted(types[batch == b].tolist())
     moved = sum(not torch.equal(mixed[batch == b], types[batch == b]) for b in range(40))
     assert 10 <= moved <= 30, moved
-    assert sum(not torch.equal(shuffle_within_crystals(types, batch, 1.0)[batch == b], types[batch == b])
+    assert sum(not torch.equal(shuffle_within_crystals(types, batch, 40, 1.0)[batch == b], types[batch == b])
                for b in range(40)) >= 38
 
 

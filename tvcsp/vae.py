@@ -102,10 +102,10 @@ class VAEConfig:
         )
 
 
-def shuffle_within_crystals(types: torch.Tensor, batch: torch.Tensor, fraction: float) -> torch.Tensor:
-    """``types`` (N,) with the atoms of a random ``fraction`` of crystals permuted among themselves; ``batch`` (N,)
-    is the sorted crystal index of each atom. Every crystal keeps its composition."""
-    n_crystals = int(batch.max()) + 1 if batch.numel() else 0
+def shuffle_within_crystals(types: torch.Tensor, batch: torch.Tensor, n_crystals: int,
+                            fraction: float) -> torch.Tensor:
+    """``types`` (N,) with the atoms of a random ``fraction`` of the ``n_crystals`` crystals permuted among
+    themselves; ``batch`` (N,) is the sorted crystal index of each atom. Every crystal keeps its composition."""
     chosen = torch.rand(n_crystals, device=types.device) < fraction
     key = batch.double() + torch.rand(batch.shape, device=types.device, dtype=torch.float64) * chosen[batch]
     return types[torch.argsort(key, stable=True)]
@@ -205,7 +205,8 @@ class CrystalVAE(nn.Module):
         type_sigma = self.type_sigmas[type_level][atom_batch]
         noisy_types = self.noisy_atom_types(batch.atom_types, comp_logits, type_sigma)
         if levels is None and self.config.noise.type_shuffle > 0:
-            noisy_types = shuffle_within_crystals(noisy_types, atom_batch, self.config.noise.type_shuffle)
+            noisy_types = shuffle_within_crystals(noisy_types, atom_batch, n_crystals,
+                                                  self.config.noise.type_shuffle)
         cart = frac_to_cart(batch.frac_coords, lattice_used, atom_batch)
         noisy_frac = cart_to_frac(cart + sigma * torch.randn_like(cart), lattice_used, atom_batch)
 
