@@ -27,6 +27,7 @@ __all__ = [
     "assert_crystal_invariant",
     "check_crystal_invariance",
     "graph_margin",
+    "invariance_survey",
     "random_rotation",
     "structure_to_tensors",
     "unimodular_cell_change",
@@ -146,6 +147,39 @@ def assert_crystal_invariant(
     if failed:
         raise AssertionError(f"not invariant within atol={atol:g}: {failed} (full report {report})")
     return report
+
+
+def invariance_survey(
+    fn: CrystalFn,
+    crystals: dict,
+    *,
+    n_trials: int = 2,
+    reflections: bool = True,
+    seed: int = 0,
+) -> dict:
+    """:func:`check_crystal_invariance` over several crystals, with the worst case found.
+
+    Args:
+        fn: as in :func:`check_crystal_invariance`.
+        crystals: name → ``(atom_types, frac_coords, lattice)`` tensors (a 4th entry, ``num_atoms``, is
+            ignored), e.g. from :func:`structure_to_tensors`.
+        n_trials, reflections, seed: as in :func:`check_crystal_invariance`.
+
+    Returns:
+        ``{"crystals": {name: report}, "worst": {"crystal", "transform", "relative"}}``, where ``relative`` is
+        the largest deviation divided by that crystal's ``scale`` (max |fn|).
+    """
+    reports, worst = {}, {"crystal": None, "transform": None, "relative": 0.0}
+    for name, crystal in crystals.items():
+        report = check_crystal_invariance(
+            fn, *crystal[:3], n_trials=n_trials, reflections=reflections, seed=seed
+        )
+        reports[name] = report
+        scale = report["scale"] or 1.0
+        for transform, deviation in report.items():
+            if transform != "scale" and not deviation / scale <= worst["relative"]:
+                worst = {"crystal": name, "transform": transform, "relative": deviation / scale}
+    return {"crystals": reports, "worst": worst}
 
 
 def graph_margin(

@@ -11,11 +11,12 @@ from .block import FeedForward, TransformerBlock
 from .config import EQUIVARIANCE_GROUPS, READOUTS, EncoderConfig
 from .edges import EdgeFeatures, EdgeFeaturizer
 from .embedding import AtomEmbedding, EdgeDegreeEmbedding
-from .layers import DepthwiseTensorProduct, EquivariantLayerNorm, RadialMLP, gate_for
+from .layers import LAYER_NORMS, DepthwiseTensorProduct, EquivariantLayerNorm, RadialMLP, gate_for
 from .model import LatentReadout, TransformerEncoder
 
 __all__ = [
     "EQUIVARIANCE_GROUPS",
+    "LAYER_NORMS",
     "READOUTS",
     "AtomEmbedding",
     "DepthwiseTensorProduct",

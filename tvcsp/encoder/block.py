@@ -50,6 +50,7 @@ class TransformerBlock(nn.Module):
         rbf_dim: radial basis size K.
         radial_hidden: hidden width of the radial MLPs.
         irreps_mid: feed-forward hidden irreps.
+        layer_norm: mode of both layer norms (see :class:`EquivariantLayerNorm`).
     """
 
     def __init__(
@@ -63,14 +64,15 @@ class TransformerBlock(nn.Module):
         radial_hidden: int,
         irreps_mid: o3.Irreps,
         alpha_dropout: float,
+        layer_norm: str = "joint",
     ):
         super().__init__()
         irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
-        self.norm_attention = EquivariantLayerNorm(irreps_in)
+        self.norm_attention = EquivariantLayerNorm(irreps_in, mode=layer_norm)
         self.attention = DotProductAttention(
             irreps_in, irreps_head, num_heads, irreps_sh, rbf_dim, radial_hidden, alpha_dropout
         )
-        self.norm_ffn = EquivariantLayerNorm(irreps_in)
+        self.norm_ffn = EquivariantLayerNorm(irreps_in, mode=layer_norm)
         self.ffn = FeedForward(irreps_in, irreps_mid, irreps_out)
         self.shortcut = nn.Identity() if irreps_in == irreps_out else o3.Linear(irreps_in, irreps_out)
 

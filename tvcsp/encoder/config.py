@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from e3nn import o3
 
 from ..rbf import RBF_KINDS
+from .layers import LAYER_NORMS
 
 __all__ = ["EQUIVARIANCE_GROUPS", "READOUTS", "EncoderConfig"]
 
@@ -48,6 +49,10 @@ class EncoderConfig:
         num_atom_types: one-hot size of the atom embedding; type index = Z − 1.
         readout: pooling over each crystal's atoms, ``"mean"`` (CDVAE) or ``"scaled_sum"`` (Σ / √avg atoms,
             Equiformer).
+        layer_norm: ``"joint"`` (one norm per node over all irrep blocks; exact invariance on high-symmetry
+            crystals at any depth) or ``"degree"`` (Equiformer's per-block norm; not invariant on cubic crystals
+            beyond two blocks). See :class:`~tvcsp.encoder.EquivariantLayerNorm`. A stored config without this
+            key was trained with ``"degree"`` and loads as such.
     """
 
     irreps_node: str = "64x0e+32x1o+16x2e"
@@ -67,6 +72,7 @@ class EncoderConfig:
     alpha_dropout: float = 0.2
     num_atom_types: int = 100
     readout: str = "mean"
+    layer_norm: str = "joint"
 
     def __post_init__(self):
         if self.equivariance not in EQUIVARIANCE_GROUPS:
@@ -75,6 +81,8 @@ class EncoderConfig:
             raise ValueError(f"rbf must be one of {RBF_KINDS}, got {self.rbf!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.layer_norm not in LAYER_NORMS:
+            raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {self.layer_norm!r}")
         positive = ("num_blocks", "num_heads", "num_basis", "radial_hidden", "latent_dim", "num_atom_types")
         for name in positive:
             if getattr(self, name) < 1:
@@ -114,8 +122,9 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a checkpoint from another version)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a checkpoint from another version). A config
+        stored before ``layer_norm`` existed gets ``"degree"``, the norm its weights were trained with."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown EncoderConfig keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{"layer_norm": "degree", **data})

@@ -121,6 +121,7 @@ class TransformerEncoder(nn.Module):
                 config.radial_hidden,
                 config.mlp_mid,
                 config.alpha_dropout,
+                config.layer_norm,
             )
             for i in range(config.num_blocks)
         )
