@@ -3,10 +3,12 @@ with ``torch.load(weights_only=True)``, written atomically, with clear errors wh
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import platform
 import subprocess
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import torch
 
 from ._version import __version__
 from .data import DatasetStats, Scalers
+from .prior import load_prior, prior_path
 from .vae import CrystalVAE, VAEConfig
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "CheckpointMismatchError",
     "cpu_name",
     "load_model",
+    "model_fingerprint",
     "model_from_training_checkpoint",
     "model_state",
     "provenance",
@@ -58,6 +62,15 @@ def cpu_name() -> str:
     except (OSError, StopIteration):
         pass
     return f"CPU: {model}, {os.cpu_count()} cores"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) of the model's state dict: identifies the weights independently of file paths."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def save_model(path: str | os.PathLike, model: CrystalVAE, dataset: str, extra: dict | None = None) -> Path:
@@ -138,7 +151,20 @@ def load_model(
         Scalers.from_dict(state["scalers"]),
     )
     load_state(model, state["state_dict"], str(path))
+    _attach_prior_beside(model, Path(path), map_location)
     return model
+
+
+def _attach_prior_beside(model: CrystalVAE, path: Path, map_location) -> None:
+    """Attach the learned prior stored beside the model file (``<stem>.prior.pt``), if any and if it was fitted
+    on these weights; a prior of other weights is skipped with a warning."""
+    found = prior_path(path)
+    if not found.is_file():
+        return
+    try:
+        model.attach_prior(load_prior(found, map_location, model_fingerprint=model_fingerprint(model)))
+    except ValueError as err:
+        warnings.warn(f"learned prior not used: {err}", stacklevel=3)
 
 
 def load_state(model: torch.nn.Module, state_dict: dict, origin: str) -> None:

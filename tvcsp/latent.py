@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from .vae import CrystalVAE
 
 __all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "SR_THRESHOLDS", "OptimizationPath", "SuccessRates",
-           "crystal_labels", "crystal_valid", "decode_latents", "encode_split", "interpolate", "neighbourhood",
-           "optimize_property", "predict_property", "project", "sr_thresholds", "success_rates"]
+           "crystal_labels", "crystal_valid", "decode_latents", "encode_posterior", "encode_split", "interpolate",
+           "neighbourhood", "optimize_property", "predict_property", "project", "sr_thresholds", "success_rates"]
 
 FAST_SAMPLER = {"n_step_each": 2, "step_lr": 1e-4, "min_sigma": 0.0, "update": "ancestral", "keep_composition": True}
 """Interactive decoding: 2 ancestral steps × 50 levels = 100 decoder evaluations per crystal (not CDVAE's setting)."""
@@ -50,18 +50,23 @@ SR_THRESHOLDS = {  # docs/metrics.md#success-rates: 5th, 10th, 15th percentile o
 
 
 @torch.no_grad()
+def encode_posterior(model: CrystalVAE, crystals: CrystalTensors, batch_size: int = 256
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior q(z | x) = N(μ, σ²) of every crystal: μ and log σ², each ``(B, D)``, on the model's device."""
+    device = next(model.parameters()).device
+    loader = DataLoader(CrystalDataset(crystals, model.scalers), batch_size=batch_size)
+    parts = [model.encode(batch.to(device), sample=False)[:2] for batch in loader]
+    return torch.cat([mu for mu, _ in parts]), torch.cat([logvar for _, logvar in parts])
+
+
 def encode_split(model: CrystalVAE, crystals: CrystalTensors, batch_size: int = 256, sample: bool = False,
                  seed: int = 0) -> torch.Tensor:
     """Latents ``(B, D)`` of every crystal: the means μ, or with ``sample`` z = μ + σ·ε (ε seeded by ``seed``)."""
-    device = next(model.parameters()).device
-    loader = DataLoader(CrystalDataset(crystals, model.scalers), batch_size=batch_size)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for batch in loader:
-        mu, logvar, _ = model.encode(batch.to(device), sample=False)
-        noise = torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype) if sample else 0.0
-        out.append(mu + torch.exp(0.5 * logvar) * noise)
-    return torch.cat(out)
+    mu, logvar = encode_posterior(model, crystals, batch_size)
+    if not sample:
+        return mu
+    generator = torch.Generator(device=mu.device).manual_seed(seed)
+    return mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
 
 
 PROJECTIONS = ("pca", "tsne", "umap")

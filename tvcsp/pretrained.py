@@ -26,7 +26,8 @@ def _folders() -> list[Path]:
 
 def available_pretrained() -> list[str]:
     """Names of the shipped models found (``models/*.pt``)."""
-    return sorted({p.stem for folder in _folders() if folder.is_dir() for p in folder.glob("*.pt")})
+    return sorted({p.stem for folder in _folders() if folder.is_dir() for p in folder.glob("*.pt")
+                   if not p.name.endswith(".prior.pt")})
 
 
 def pretrained_path(name: str = "perov_5") -> Path:
@@ -46,7 +47,8 @@ def pretrained_path(name: str = "perov_5") -> Path:
 
 
 def load_pretrained(name: str = "perov_5", map_location: str | torch.device = "cpu"):
-    """The shipped :class:`~tvcsp.vae.CrystalVAE` ``name`` in eval mode, e.g. ``load_pretrained("perov_5")``.
+    """The shipped :class:`~tvcsp.vae.CrystalVAE` ``name`` in eval mode, e.g. ``load_pretrained("perov_5")``, with
+    its learned latent prior (``models/<name>.prior.pt``) attached when there is one.
 
     Its model card is ``models/<name>.md``: data, recipe, compute, metrics and limitations.
     """

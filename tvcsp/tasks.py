@@ -17,7 +17,6 @@ uninterrupted one (bit for bit on CPU). Only :func:`write_outputs` and :func:`to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -30,8 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import provenance
+from .checkpoint import model_fingerprint, provenance
 from .geometry import lattice_params_to_matrix
+from .prior import LatentPrior, resolve_prior, sample_latents
 from .sampling import PRECISIONS, UPDATES, decode, make_generator
 
 if TYPE_CHECKING:
@@ -65,15 +65,6 @@ SYMBOLS = (  # element symbols, index = Z
 
 class RunMismatchError(ValueError):
     """``out_dir`` already holds a run made with other settings."""
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 (16 hex digits) of the model's state dict: identifies the weights independently of file paths."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -123,6 +114,15 @@ def _sampler_settings(n_step_each: int, step_lr: float, min_sigma: float, num_le
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
     return {"n_step_each": n_step_each, "step_lr": step_lr, "min_sigma": min_sigma, "num_levels": num_levels,
             "update": update, "keep_composition": keep_composition, "precision": precision}
+
+
+def prior_settings(prior: LatentPrior | None) -> dict:
+    """The labels a generation run records for its prior: ``{"prior": "normal"}`` or ``{"prior": "learned",
+    "prior_network_calls": …, "prior_fingerprint": …}``."""
+    if prior is None:
+        return {"prior": "normal"}
+    return {"prior": "learned", "prior_network_calls": prior.network_calls,
+            "prior_fingerprint": model_fingerprint(prior)}
 
 
 def _stack_evals(evals: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -229,27 +229,30 @@ def generate(
     model: CrystalVAE, n: int, out_dir: str | os.PathLike, *, batch_size: int = 500, num_evals: int = 1,
     n_step_each: int = 100, step_lr: float = 1e-4, min_sigma: float = 0.0, num_levels: int | None = None,
     update: str = "langevin", keep_composition: bool = False, precision: str = "32", compile: bool = False,
-    seed: int = 0,
+    seed: int = 0, prior: str | LatentPrior | None = None,
     device: str | torch.device | None = None, dataset: str | None = None, checkpoint: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Decode ``n`` latents z ~ N(0, I) of the model's latent size (docs/sampling.md#generation;
-    CDVAE: 20 × 500 = 10,000).
+    """Decode ``n`` latents of the model's latent size (docs/sampling.md#generation; CDVAE: 20 × 500 = 10,000).
 
-    Arguments as in :func:`reconstruct`; ``dataset`` is a label (default: unlabelled).
+    ``prior``: where the latents come from (:func:`tvcsp.prior.resolve_prior`): by default the model's learned
+    prior when it has one, else N(0, I); ``"normal"`` is CDVAE's and the paper's N(0, I), ``"learned"`` insists
+    on the model's own. The run's settings record it (``prior``: ``"normal"`` or ``"learned"``, and the prior's
+    network calls per latent and fingerprint). Other arguments as in :func:`reconstruct`; ``dataset`` is a label
+    (default: unlabelled).
     """
     sampler = _sampler_settings(n_step_each, step_lr, min_sigma, num_levels, update, keep_composition, precision)
-    latent = model.config.latent_dim
+    chosen = resolve_prior(model, prior)
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:
         size = min(batch_size, n - b * batch_size)
-        z = torch.randn(size, latent, generator=generator, device=device)
+        z = sample_latents(model, size, chosen, generator, device)
         evals = [decode(model, z, generator=generator, compile=compile, progress=progress, **sampler)
                  for _ in range(num_evals)]
         return {**_stack_evals(evals), "z": z.cpu()}
 
     settings = {"task": "generation", "dataset": dataset, "n": n, "batch_size": batch_size, "seed": seed,
-                "num_evals": num_evals, **sampler, "model": model_fingerprint(model)}
+                "num_evals": num_evals, **sampler, **prior_settings(chosen), "model": model_fingerprint(model)}
     with torch.no_grad():
         return _run(model, out_dir, settings, {"checkpoint": checkpoint}, -(-n // batch_size), make_batch, device,
                     progress)

@@ -137,6 +137,10 @@ class CrystalVAE(nn.Module):
     (N, 3), ``lengths``/``angles`` (B, 3) Å/°, ``num_atoms`` (B,), ``batch`` (N,), ``y_scaled`` (B,).
     """
 
+    latent_prior = None
+    """The learned latent prior used to generate (a :class:`tvcsp.prior.LatentPrior`) or ``None`` (N(0, I)); set
+    by :meth:`attach_prior` or by :func:`tvcsp.checkpoint.load_model` when a prior file lies beside the model."""
+
     def __init__(self, config: VAEConfig, stats: DatasetStats, scalers: Scalers):
         super().__init__()
         self.config, self.stats, self.scalers = config, stats, scalers
@@ -156,6 +160,11 @@ class CrystalVAE(nn.Module):
         self.register_buffer("type_sigmas", geometric_levels(n.type_sigma_begin, n.type_sigma_end, n.num_levels))
         self.register_buffer("lattice_mean", scalers.lattice.mean.float())
         self.register_buffer("lattice_std", scalers.lattice.std.float())
+
+    def attach_prior(self, prior) -> None:
+        """Make ``prior`` (a :class:`tvcsp.prior.LatentPrior` or ``None``) this model's generation prior. It is kept
+        outside the module tree: the VAE's ``state_dict``, fingerprint and checkpoints do not change."""
+        self.__dict__["latent_prior"] = prior
 
     # -- encoder side -------------------------------------------------------------------------------------
     def encode(self, batch, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,133 @@
+"""The learned latent prior (tvcsp.prior) and generation from it."""
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import tiny_vae
+
+from tvcsp.checkpoint import load_model, model_fingerprint, save_model
+from tvcsp.prior import (
+    FlowPriorConfig,
+    LatentPrior,
+    aggregate_posterior,
+    fit_prior,
+    load_prior,
+    prior_path,
+    resolve_prior,
+)
+from tvcsp.tasks import generate
+
+SMALL = FlowPriorConfig(hidden=64, num_blocks=2, steps=1500, batch_size=256, lr=3e-3, sample_steps=10)
+FAST = dict(n_step_each=1, min_sigma=8.0, progress=False)
+
+
+def two_clusters(n: int = 400, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posteriors of n crystals: μ at +3 (first half) or −3 (second half) on dimension 0, 1 elsewhere off
+    by 0.1·noise; σ = 0.05 everywhere (log σ² = 2 log 0.05)."""
+    gen = torch.Generator().manual_seed(0)
+    mu = 1.0 + 0.1 * torch.randn(n, dim, generator=gen)
+    mu[:, 0] = torch.where(torch.arange(n) < n // 2, 3.0, -3.0)
+    return mu, torch.full((n, dim), 2 * torch.log(torch.tensor(0.05)).item())
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    mu, logvar = two_clusters()
+    return fit_prior(mu, logvar, SMALL, model_fingerprint="abc", progress=False)
+
+
+def test_aggregate_posterior_draws_around_the_encodings():
+    mu, logvar = two_clusters()
+    batch = next(aggregate_posterior(mu, logvar, torch.Generator().manual_seed(1), batch_size=2000))
+    assert batch.shape == (2000, 6)
+    assert set(batch[:, 0].round().unique().tolist()) == {-3.0, 3.0}
+    assert 0.04 < float((batch[:, 1:] - 1.0).std()) < 0.15  # 0.1 spread of μ and 0.05 of σ: ≈ 0.11
+
+
+def test_prior_learns_both_modes_and_nothing_between(fitted):
+    z = fitted.sample(2000, generator=torch.Generator().manual_seed(0))
+    first = z[:, 0]
+    near = ((first - 3).abs() < 0.5) | ((first + 3).abs() < 0.5)
+    assert float(near.float().mean()) > 0.9  # N(0, I) would put ~0 % there
+    assert 0.35 < float((first > 0).float().mean()) < 0.65
+    assert float((z[:, 1:].mean() - 1.0).abs()) < 0.1
+    # a zero velocity scores E‖x − ε‖² / D = 2 on standardised latents
+    assert fitted.fit_summary["crystals"] == 400 and fitted.fit_summary["final_loss"] < 1.6
+    assert fitted.network_calls == 2 * SMALL.sample_steps - 1
+
+
+def test_sampling_is_seeded_and_the_prior_round_trips(fitted, tmp_path):
+    a = fitted.sample(50, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, fitted.sample(50, generator=torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, fitted.sample(50, generator=torch.Generator().manual_seed(4)))
+    path = fitted.save(tmp_path / "p.prior.pt")
+    loaded = load_prior(path, model_fingerprint="abc")
+    assert torch.equal(loaded.sample(50, generator=torch.Generator().manual_seed(3)), a)
+    assert loaded.config == SMALL and loaded.fit_summary == fitted.fit_summary
+    with pytest.raises(ValueError, match="fitted on model abc"):
+        load_prior(path, model_fingerprint="other")
+    torch.save({"format": "something else"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not a"):
+        load_prior(tmp_path / "bad.pt")
+
+
+def test_config_validates_and_round_trips():
+    assert FlowPriorConfig.from_dict(SMALL.to_dict()) == SMALL
+    with pytest.raises(ValueError, match="steps"):
+        FlowPriorConfig(steps=0)
+    with pytest.raises(ValueError, match="unknown"):
+        FlowPriorConfig.from_dict({"width": 3})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, _one_thread):
+    root = tmp_path_factory.mktemp("toy")
+    return tiny_vae(root, root / "cache")
+
+
+def test_model_without_prior_generates_from_the_normal_and_says_so(tiny, tmp_path):
+    model, _ = tiny
+    assert model.latent_prior is None and resolve_prior(model) is None
+    samples = generate(model, 3, tmp_path / "gen", batch_size=3, seed=1, **FAST)
+    assert samples["meta"]["settings"]["prior"] == "normal"
+    expected = torch.randn(3, model.config.latent_dim, generator=torch.Generator().manual_seed(0))
+    assert samples["z"].shape == expected.shape
+    with pytest.raises(ValueError, match="no learned prior"):
+        generate(model, 3, tmp_path / "gen2", prior="learned", **FAST)
+    with pytest.raises(ValueError, match="prior must be one of"):
+        generate(model, 3, tmp_path / "gen3", prior="uniform", **FAST)
+
+
+def test_a_saved_prior_travels_with_its_model_and_generation_uses_it(tiny, tmp_path):
+    model, _ = tiny
+    dim = model.config.latent_dim
+    mu = torch.full((64, dim), 5.0)  # every latent of the "training set" far from N(0, I)'s bulk
+    prior = fit_prior(mu, torch.full((64, dim), -6.0), dataclasses.replace(SMALL, steps=300),
+                      model_fingerprint=model_fingerprint(model), progress=False)
+    path = save_model(tmp_path / "m.pt", model, "toy")
+    prior.save(prior_path(path))
+    loaded = load_model(path)
+    assert isinstance(loaded.latent_prior, LatentPrior)
+    assert model_fingerprint(loaded) == model_fingerprint(model)  # the prior is not part of the VAE's weights
+
+    learned = generate(loaded, 4, tmp_path / "learned", batch_size=4, seed=2, **FAST)
+    assert learned["meta"]["settings"]["prior"] == "learned"
+    assert learned["meta"]["settings"]["prior_network_calls"] == prior.network_calls
+    assert float(learned["z"].mean()) > 3.0
+    normal = generate(loaded, 4, tmp_path / "normal", batch_size=4, seed=2, prior="normal", **FAST)
+    assert normal["meta"]["settings"]["prior"] == "normal" and float(normal["z"].abs().mean()) < 2.0
+
+    other = save_model(tmp_path / "other.pt", tiny_like(model), "toy")
+    prior.save(prior_path(other))
+    with pytest.warns(UserWarning, match="learned prior not used"):
+        assert load_model(other).latent_prior is None
+
+
+def tiny_like(model):
+    """Same architecture, other weights."""
+    clone = type(model)(model.config, model.stats, model.scalers)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.add_(0.01)
+    return clone.eval()
