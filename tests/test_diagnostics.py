@@ -85,3 +85,17 @@ def test_failure_kinds_name_why_each_reconstruction_fails():
     rms = [0.0, None, None, None, None, None]
     counts = failure_kinds(preds, [truth] * len(preds), rms)
     assert counts == {"no structure": 1, "atom count": 1, "composition": 1, "positions": 1, "sites": 1}
+
+
+def test_two_sample_distance_tells_same_from_shifted_and_disjoint():
+    from tvcsp.diagnostics import two_sample_distance
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(400, 4, generator=gen), torch.randn(400, 4, generator=gen)
+    same = two_sample_distance(a, b)
+    shifted = two_sample_distance(a, b + torch.tensor([1.0, 0, 0, 0]))
+    disjoint = two_sample_distance(a, b + 20.0)
+    assert abs(same["mmd2"]) < 0.01 and 0.4 < same["knn_accuracy"] < 0.6 and same["n"] == 400
+    assert shifted["mmd2"] > 0.05 and 0.6 < shifted["knn_accuracy"] < 0.9
+    assert disjoint["knn_accuracy"] == 1.0 and disjoint["mmd2"] > shifted["mmd2"]
+    assert two_sample_distance(a, b[:100])["n"] == 100  # the larger set is subsampled

@@ -134,8 +134,36 @@ def _generate(args: argparse.Namespace) -> None:
 
     sampler = _sampler_kwargs(args)  # checks the device before anything is loaded
     label = _checkpoint(args.checkpoint).get("dataset")
-    samples = generate(load_model(args.checkpoint), args.n, args.out, dataset=label, **sampler)
+    samples = generate(load_model(args.checkpoint), args.n, args.out, dataset=label, prior=args.prior, **sampler)
     _report(samples, args.out)
+    settings = samples["meta"]["settings"]
+    if settings["prior"] == "learned":
+        print(f"latents from the model's learned prior ({settings['prior_network_calls']} network calls each; "
+              "--prior normal for CDVAE's N(0, I))")
+    else:
+        print("latents from N(0, I) (CDVAE's prior)")
+
+
+def _fit_prior(args: argparse.Namespace) -> None:
+    import torch
+
+    from .checkpoint import load_model, model_fingerprint
+    from .latent import encode_posterior
+    from .prior import FlowPriorConfig, fit_prior, prior_path
+
+    label = _checkpoint(args.checkpoint).get("dataset")
+    info = _dataset(label, f"{args.checkpoint}: the checkpoint")
+    config = FlowPriorConfig(steps=args.steps, seed=args.seed)
+    crystals = load_split(info, args.split, data_dir=args.data_dir)
+    model = load_model(args.checkpoint, map_location=_device(args.device)).eval()
+    with torch.no_grad():
+        mu, logvar = encode_posterior(model, crystals)
+    prior = fit_prior(mu, logvar, config, model_fingerprint=model_fingerprint(model), progress=not args.no_progress)
+    prior.fit_summary.update({"dataset": info.label, "split": args.split})
+    path = prior.save(args.out or prior_path(args.checkpoint))
+    summary = prior.fit_summary
+    print(f"learned prior on {len(crystals)} {info.label} {args.split} latents: final loss "
+          f"{summary['final_loss']:.4f} after {config.steps} steps ({summary['seconds']} s) → {path}")
 
 
 def _run_folder(folder: str) -> dict:
@@ -242,10 +270,24 @@ def main(argv: list[str] | None = None) -> None:
     recon.add_argument("--force-atom-types", action="store_true", help="decode with the true atom types")
     recon.set_defaults(run=_reconstruct)
 
-    gen = commands.add_parser("generate", help="decode latents z ~ N(0, I) into crystals")
+    gen = commands.add_parser("generate", help="decode latents from the model's learned prior (or N(0, I))")
     _add_sampler_options(gen, 500)
     gen.add_argument("--n", type=_positive, default=10_000, help="crystals to generate (10000)")
+    gen.add_argument("--prior", choices=["learned", "normal"],
+                     help="where latents come from (default: the model's learned prior when it has one, "
+                          "else N(0, I); 'normal' is CDVAE's and the paper's)")
     gen.set_defaults(run=_generate)
+
+    fit = commands.add_parser("fit-prior", help="learn a latent prior for a model (written beside it)")
+    fit.add_argument("checkpoint", help="model file (model.pt); the prior goes to <stem>.prior.pt beside it")
+    fit.add_argument("--split", choices=SPLITS, default="train", help="crystals whose latents it learns (train)")
+    fit.add_argument("--steps", type=_positive, default=20_000, help="optimiser steps (20000)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", help="prior file (default: <stem>.prior.pt beside the model)")
+    fit.add_argument("--data-dir", help="folder holding <dataset>/<split>.csv[.gz] (searched first)")
+    fit.add_argument("--device", help="device that encodes the split (default: cuda when available)")
+    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.set_defaults(run=_fit_prior)
 
     ev = commands.add_parser("evaluate", help="CDVAE's metrics of a reconstruction or generation run folder")
     ev.add_argument("folder", metavar="DIR", help="folder written by 'tvcsp reconstruct' or 'tvcsp generate'")

@@ -5,6 +5,8 @@ match rate of a fixed probe set — the number users care about — as a trainin
   them with CDVAE's StructureMatcher rule (match rate, RMSE, and what went wrong when they do not match).
 * :func:`latent_usage` — spread of μ across crystals against the posterior σ, KL per dimension, active units.
 * :func:`denoising_by_level` — the decoder's coordinate-score error and type accuracy at chosen noise levels.
+* :func:`two_sample_distance` — how far two sets of latents are apart (MMD and a nearest-neighbour classifier):
+  how well a prior matches the encodings of held-out crystals.
 * :class:`ProbeCallback` — a Lightning callback logging all three every few epochs.
 
 Everything here runs the model in eval mode without gradients and restores the training mode afterwards.
@@ -23,7 +25,7 @@ from .data import CrystalDataset, CrystalTensors
 from .sampling import decode, make_generator
 
 __all__ = ["FAILURE_KINDS", "ProbeCallback", "denoising_by_level", "failure_kinds", "latent_usage",
-           "probe_reconstruction"]
+           "probe_reconstruction", "two_sample_distance"]
 
 FAILURE_KINDS = ("no structure", "atom count", "composition", "positions", "sites")
 """Why a reconstruction does not match, the first that applies: no usable structure, the wrong number of atoms,
@@ -174,6 +176,47 @@ def latent_usage(model, crystals: CrystalTensors, batch_size: int = 256, active_
         "kl": float(kl.sum()),
         "active_units": int((variance > active_threshold).sum()),
     }
+
+
+
+def _mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
+    """Unbiased squared MMD with the Gaussian kernel exp(−‖a − b‖² / 2h²) between ``(n, D)`` and ``(m, D)``."""
+    def kernel(a, b):
+        return torch.exp(-torch.cdist(a, b).pow(2) / (2 * bandwidth**2))
+
+    n, m = x.shape[0], y.shape[0]
+    kxx, kyy = kernel(x, x), kernel(y, y)
+    within = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return float(within - 2 * kernel(x, y).mean())
+
+
+def two_sample_distance(reference: torch.Tensor, samples: torch.Tensor, neighbours: int = 5, seed: int = 0) -> dict:
+    """How distinguishable two sets of latents are, e.g. encodings of held-out crystals and prior samples.
+
+    Args:
+        reference, samples: ``(n, D)`` and ``(m, D)`` latents (the larger set is subsampled to the smaller size).
+        neighbours: k of the nearest-neighbour classifier.
+        seed: seeds the subsampling and the split.
+
+    Returns:
+        ``mmd2``: unbiased squared maximum mean discrepancy with a Gaussian kernel whose bandwidth is the median
+        distance between the reference latents (0 for identical distributions, up to ~2); ``knn_accuracy``: the
+        held-out accuracy of a k-nearest-neighbour classifier told to separate the sets, trained on one half and
+        scored on the other (0.5: indistinguishable, 1.0: disjoint); ``n``: latents per set used.
+    """
+    from sklearn.neighbors import KNeighborsClassifier
+
+    gen = torch.Generator().manual_seed(seed)
+    n = min(reference.shape[0], samples.shape[0])
+    x = reference.double().cpu()[torch.randperm(reference.shape[0], generator=gen)[:n]]
+    y = samples.double().cpu()[torch.randperm(samples.shape[0], generator=gen)[:n]]
+    bandwidth = float(torch.cdist(x, x)[torch.triu_indices(n, n, 1).unbind()].median())
+    data = torch.cat([x, y]).numpy()
+    labels = torch.cat([torch.zeros(n), torch.ones(n)]).numpy()
+    order = torch.randperm(2 * n, generator=gen).numpy()
+    fit, held = order[: n], order[n:]
+    knn = KNeighborsClassifier(n_neighbors=neighbours).fit(data[fit], labels[fit])
+    return {"mmd2": _mmd2(x, y, bandwidth), "knn_accuracy": float(knn.score(data[held], labels[held])), "n": n}
 
 
 def denoising_by_level(model, crystals: CrystalTensors, levels: tuple[int, ...] = (0, 10, 20, 30, 40, 49),
