@@ -170,3 +170,15 @@ def test_notebook_04_runs_headless(tmp_path):
     expected = {f"perov_5_{name}.png" for name in names}
     assert expected <= written, written
     assert json.loads((figures / "perov_5_optimisation_sr.json").read_text())["decoded_sets"] == 9  # every step
+
+
+def test_property_loss_ignores_crystals_without_a_label():
+    from tvcsp.vae import masked_mse
+
+    prediction = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    loss = masked_mse(prediction, torch.tensor([0.0, float("nan"), 1.0]))
+    assert loss.item() == pytest.approx((1.0 + 4.0) / 2)  # the unlabelled middle row counts neither way
+    loss.backward()
+    assert prediction.grad.tolist() == [1.0, 0.0, 2.0]
+    none = masked_mse(prediction, torch.full((3,), float("nan")))
+    assert none.item() == 0.0 and none.requires_grad

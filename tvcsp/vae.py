@@ -125,6 +125,14 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the rows whose target is finite (a crystal without a property label has NaN);
+    0, still attached to the graph, when no row has a label."""
+    known = torch.isfinite(target)
+    diff = torch.where(known, prediction - torch.where(known, target, 0.0), 0.0)
+    return diff.pow(2).sum() / known.sum().clamp_min(1)
+
+
 def per_crystal_mean(values: torch.Tensor, batch: torch.Tensor, num_crystals: int) -> torch.Tensor:
     """Per-atom values → mean over each crystal's atoms → mean over crystals (docs/data.md#conventions)."""
     return scatter(values, batch, dim=0, dim_size=num_crystals, reduce="mean").mean()
@@ -239,7 +247,7 @@ class CrystalVAE(nn.Module):
             "kld": (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(-1)).mean(),
         }
         if self.fc_property is not None:
-            out["property"] = F.mse_loss(self.fc_property(z).squeeze(-1), batch.y_scaled)
+            out["property"] = masked_mse(self.fc_property(z).squeeze(-1), batch.y_scaled)
         out["loss"] = sum(getattr(w, k) * v for k, v in out.items())
         out["val_loss"] = w.coord * out["coord"] + w.type * out["type"]
         out.update(self._metrics(batch, natom_logits, lengths, angles, type_logits, teacher_forcing))
