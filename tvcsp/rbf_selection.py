@@ -1,8 +1,8 @@
 """The paper's adaptive choice of radial basis (App. B.4, docs/model.md#choosing-the-basis): train otherwise-identical
 models that differ only in the encoder's basis, compare their loss curves, and store the winner for ``rbf="auto"``.
 
-This module uses :mod:`tvcsp.train` (imported where needed: it is heavy); train never imports this module.
-``train(..., rbf="auto")`` reads the winner from :func:`choice_path` itself, as :func:`auto_rbf` does."""
+It builds on :mod:`tvcsp.train`, which owns :func:`choice_path` and :func:`auto_rbf` (``make_configs(rbf="auto")``
+reads the stored winner); train never imports this module."""
 
 from __future__ import annotations
 
@@ -13,29 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 from .data import DatasetInfo, get_dataset
-from .data.files import home_dir
 from .rbf import RBF_KINDS
+from .train import auto_rbf, choice_path, read_metrics, train
 
 __all__ = ["auto_rbf", "choice_path", "compare_rbfs"]
 
 
-def choice_path(dataset: str) -> Path:
-    """Where the stored comparison result of ``dataset`` lives."""
-    return Path(os.environ.get("TVCSP_RBF_DIR") or home_dir() / "runs" / "rbf_choice") / f"{dataset}.json"
-
-
-def auto_rbf(info: DatasetInfo) -> str:
-    """The stored winner for the dataset, else the paper's pick (else 'gaussian'): the basis that
-    ``tvcsp.train.make_configs(info, rbf="auto")`` chooses."""
-    path = choice_path(info.name)
-    if path.is_file():
-        return json.loads(path.read_text())["winner"]
-    return info.paper.rbf if info.paper else "gaussian"
-
-
 def _curves(run_dir: Path) -> tuple[pd.Series, pd.Series]:
-    from .train import read_metrics  # a heavy import, only needed here
-
     metrics = read_metrics(run_dir)
     train = metrics.dropna(subset=["train_loss"]).set_index("step")["train_loss"]
     val = metrics.dropna(subset=["val_loss"]).set_index("step")["val_loss"]
@@ -55,8 +39,6 @@ def compare_rbfs(
     Returns ``{"winner", "final_val_loss": {kind: float}, "curves": {kind: {"train": {step: loss},
     "val": {step: loss}}}}``; with ``store`` it is written to :func:`choice_path` (atomically).
     """
-    from .train import train  # a heavy import, only needed here
-
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
     result = {"dataset": info.label, "profile": profile, "curves": {}, "final_val_loss": {}}
     for kind in kinds:

@@ -38,7 +38,8 @@ from .encoder import EncoderConfig
 from .rbf import HybridRBF
 from .vae import CrystalVAE, VAEConfig
 
-__all__ = ["PROFILES", "TVCSPModule", "TrainConfig", "TrainResult", "make_configs", "read_metrics", "train"]
+__all__ = ["PROFILES", "TVCSPModule", "TrainConfig", "TrainResult", "auto_rbf", "choice_path", "make_configs",
+           "read_metrics", "train"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,25 @@ def _base_name(info: DatasetInfo) -> str:
     return next((name for name in CDVAE_TRAINING if info.name.startswith(name)), "perov_5")
 
 
+def choice_path(dataset: str) -> Path:
+    """Where the stored basis comparison of ``dataset`` lives (written by
+    :func:`tvcsp.rbf_selection.compare_rbfs`)."""
+    return Path(os.environ.get("TVCSP_RBF_DIR") or home_dir() / "runs" / "rbf_choice") / f"{dataset}.json"
+
+
+def auto_rbf(info: DatasetInfo) -> str:
+    """The basis ``rbf="auto"`` means: the stored winner of the dataset's comparison; without one the paper's
+    pick (else 'gaussian'), with a warning that says so."""
+    path = choice_path(info.name)
+    if path.is_file():
+        return json.loads(path.read_text())["winner"]
+    fallback = info.paper.rbf if info.paper else "gaussian"
+    warnings.warn(f"rbf='auto': no stored basis comparison for {info.name} ({path}); using "
+                  f"{'the paper' if info.paper else 'the default'}'s {fallback!r} (tvcsp.rbf_selection.compare_rbfs "
+                  "chooses on data)", stacklevel=3)
+    return fallback
+
+
 def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | None = None,
                  predict_property: bool = False, **overrides) -> tuple[VAEConfig, TrainConfig]:
     """Model and training configs for a profile; ``overrides`` replace any TrainConfig field.
@@ -145,9 +165,8 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
     cutoff, neighbors = (paper.cutoff, paper.max_neighbors) if paper else (6.0, 20)
     if rbf is None:
         rbf = paper.rbf if paper else "gaussian"
-    elif rbf == "auto":  # the winner stored by tvcsp.rbf_selection.compare_rbfs (its choice_path), else as above
-        choice = Path(os.environ.get("TVCSP_RBF_DIR") or home_dir() / "runs" / "rbf_choice") / f"{info.name}.json"
-        rbf = json.loads(choice.read_text())["winner"] if choice.is_file() else (paper.rbf if paper else "gaussian")
+    elif rbf == "auto":
+        rbf = auto_rbf(info)
     cdvae = CDVAE_TRAINING[_base_name(info)]
     if profile == "paper":
         encoder = EncoderConfig(rbf=rbf, cutoff=cutoff, max_neighbors=neighbors, latent_dim=64)
