@@ -383,6 +383,61 @@ def test_cli_generate_and_reconstruct(tiny, tmp_path, monkeypatch):
     assert gen["metrics"]["coverage"]["n_reference"] == len(crystals)
 
 
+FAST_LIKE = dict(n_step_each=2, update="ancestral", keep_composition=True, num_levels=5)  # 10 calls, fast sampler
+CDVAE_LIKE = dict(n_step_each=3, num_levels=4)  # 12 calls, CDVAE's Langevin update and types
+PRIOR_LIKE = dict(n_step_each=2, num_levels=3, composition_prior=True)
+RECORDED = {  # checksum() of outputs recorded at commit e60eabe, before the sampler settings became one object
+    "decode fast": (8, 1354, 8.743676075711846, 28.810923099517822),
+    "decode cdvae": (8, 3105, 12.069739192724228, 28.810923099517822),
+    "decode prior": (8, 1677, 11.756074227392673, 28.810923099517822),
+    "reconstruct fast": (52, 65185, 81.79349399637431, 116.49229288101196),
+    "reconstruct cdvae": (52, 79112, 78.2866020812944, 116.49229288101196),
+    "generate fast": (32, 31728, 52.926493518054485, 70.77815961837769),
+    "generate cdvae": (32, 29912, 45.40663175005466, 70.77815961837769),
+}
+RECORDED_RUN_SETTINGS = {  # meta.json "settings" of the generation run with FAST_LIKE (less the model hash)
+    "task": "generation", "dataset": None, "n": 5, "batch_size": 2, "seed": 4, "num_evals": 2, "n_step_each": 2,
+    "step_lr": 0.0001, "min_sigma": 0.0, "num_levels": 5, "update": "ancestral", "keep_composition": True,
+    "precision": "32",
+}
+
+
+def checksum(out: dict) -> tuple:
+    """(atoms, position-weighted sum of the types, Σ fractional coordinates, Σ lattice lengths) of decoded crystals."""
+    types = out["atom_types"].flatten()
+    return (int(out["num_atoms"].sum()), int((types * torch.arange(1, types.numel() + 1)).sum()),
+            float(out["frac_coords"].double().sum()), float(out["lengths"].double().sum()))
+
+
+def assert_recorded(out: dict, name: str) -> None:
+    """Counts and types exactly as recorded; the float sums to 1e-6 (exact on the recording machine, room for
+    another BLAS build elsewhere)."""
+    atoms, types, frac, lengths = RECORDED[name]
+    got = checksum(out)
+    assert got[:2] == (atoms, types), name
+    assert got[2:] == pytest.approx((frac, lengths), rel=1e-6), name
+
+
+def test_decode_gives_the_recorded_crystals(tiny):
+    model, _ = tiny
+    z = torch.randn(4, model.config.latent_dim, generator=make_generator(0))
+    for name, sampler in (("fast", FAST_LIKE), ("cdvae", CDVAE_LIKE), ("prior", PRIOR_LIKE)):
+        assert_recorded(decode(model, z, seed=0, progress=False, **sampler), f"decode {name}")
+
+
+def test_reconstruct_and_generate_give_the_recorded_crystals_and_run_settings(tiny, tmp_path):
+    model, crystals = tiny
+    for name, sampler in (("fast", FAST_LIKE), ("cdvae", CDVAE_LIKE)):
+        samples = reconstruct(model, crystals, tmp_path / f"rec_{name}", batch_size=4, num_evals=2, seed=1,
+                              progress=False, **sampler)
+        assert_recorded(samples, f"reconstruct {name}")
+        samples = generate(model, 5, tmp_path / f"gen_{name}", batch_size=2, num_evals=2, seed=4, progress=False,
+                           **sampler)
+        assert_recorded(samples, f"generate {name}")
+    settings = json.loads((tmp_path / "gen_fast" / "meta.json").read_text())["settings"]
+    assert {k: v for k, v in settings.items() if k != "model"} == RECORDED_RUN_SETTINGS
+
+
 @pytest.mark.slow
 def test_langevin_compiled_score_matches_eager():
     lattice, num_atoms, target, target_types = toy_structure()
