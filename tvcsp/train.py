@@ -528,11 +528,13 @@ def train(
     callbacks = [checkpoints, LastCheckpoint(last, cfg.checkpoint_every_n_steps)]
     if cfg.probe_every_n_epochs > 0:
         from .diagnostics import ProbeCallback
+        from .sampling import SamplerSettings
 
         probes = {"train": _first(train_set, cfg.probe_size), "val": _first(val_set, cfg.probe_size)}
-        callbacks.insert(0, ProbeCallback(probes, cfg.probe_every_n_epochs, n_step_each=cfg.probe_n_step_each,
-                                          latent=cfg.probe_latent, composition_prior=cfg.probe_composition_prior,
-                                          keep_composition=cfg.probe_keep_composition, seed=cfg.seed))
+        sampler = SamplerSettings(n_step_each=cfg.probe_n_step_each, composition_prior=cfg.probe_composition_prior,
+                                  keep_composition=cfg.probe_keep_composition)
+        callbacks.insert(0, ProbeCallback(probes, cfg.probe_every_n_epochs, sampler=sampler, latent=cfg.probe_latent,
+                                          seed=cfg.seed))
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, max_time=cfg.max_time, accelerator=cfg.accelerator,
         devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision, gradient_clip_val=cfg.grad_clip_value,
