@@ -12,12 +12,14 @@ from pymatgen.core import Lattice, Structure
 from torch_geometric.loader import DataLoader
 
 from tvcsp.data import (
+    CrystalBatches,
     CrystalDataset,
     CrystalParseError,
     CrystalTensors,
     DatasetInfo,
     SplitSource,
     StandardScaler,
+    batch_ranges,
     canonical_crystal,
     compute_stats,
     custom_dataset,
@@ -207,6 +209,22 @@ def test_pyg_dataset_batches(toy):
     assert batch.batch.tolist() == [0] * 5 + [1] * 3 + [2] * 8
     torch.testing.assert_close(batch.scaled_lattice.double().mean(0), torch.zeros(6, dtype=torch.float64),
                                atol=1e-5, rtol=0)
+
+
+def test_crystal_batches_cover_the_split_in_order_like_a_data_loader(toy):
+    info, root = toy
+    train = load_split(info, "train", data_dir=root, progress=False)
+    assert batch_ranges(5, 2) == [range(0, 2), range(2, 4), range(4, 5)] and batch_ranges(0, 3) == []
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        batch_ranges(5, 0)
+    scalers = fit_scalers(train)
+    batches = CrystalBatches(train, 2, scalers)
+    assert len(batches) == 2 and batches.ranges == [range(0, 2), range(2, 3)]
+    loaded = list(DataLoader(CrystalDataset(train, scalers), batch_size=2))
+    for ours, theirs in zip(batches, loaded, strict=True):
+        assert all(torch.equal(ours[k], theirs[k]) for k in ("num_atoms", "atom_types", "frac_coords", "batch",
+                                                              "scaled_lattice", "y_scaled"))
+    assert not hasattr(CrystalBatches(train, 2)[0], "scaled_lattice")  # without scalers: the raw crystals only
 
 
 @pytest.fixture

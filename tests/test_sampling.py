@@ -25,7 +25,7 @@ from tvcsp.sampling import (
     sigma_ladder,
 )
 from tvcsp.tasks import RunMismatchError, generate, load_samples, reconstruct, to_structures
-from tvcsp.vae import geometric_levels
+from tvcsp.vae import geometric_levels, reparameterise
 
 FAST = SamplerSettings(n_step_each=2, min_sigma=8.0)  # 2 levels (10 and 8.69 Å) × 2 steps
 
@@ -493,6 +493,16 @@ def test_a_run_records_the_composition_prior_only_when_it_is_on(tiny, tmp_path):
     assert json.loads((tmp_path / "meta.json").read_text())["settings"]["composition_prior"] is True
     with pytest.raises(RunMismatchError, match="composition_prior: True there, None now"):
         generate(model, 2, tmp_path, dataclasses.replace(PRIOR_LIKE, composition_prior=False), progress=False)
+
+
+def test_reparameterise_draws_from_the_generator_or_the_global_one():
+    mu, logvar = torch.tensor([[0.0, 1.0], [2.0, -1.0]]), torch.log(torch.tensor([[4.0, 0.25], [1.0, 9.0]]))
+    expected = mu + torch.exp(0.5 * logvar) * torch.randn(2, 2, generator=make_generator(3))
+    assert torch.equal(reparameterise(mu, logvar, make_generator(3)), expected)
+    torch.manual_seed(7)
+    drawn = reparameterise(mu, logvar)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
 
 
 @pytest.mark.slow

@@ -17,10 +17,10 @@ import math
 
 import lightning as L
 import torch
-from torch_geometric.data import Batch
 
-from .data import CrystalDataset, CrystalTensors
+from .data import CrystalBatches, CrystalTensors
 from .sampling import SamplerSettings, decode, make_generator
+from .vae import reparameterise
 
 __all__ = ["FAILURE_KINDS", "PROBE_SAMPLER", "ProbeCallback", "denoising_by_level", "failure_kinds", "latent_usage",
            "probe_reconstruction"]
@@ -46,10 +46,8 @@ def _evaluating(model: torch.nn.Module):
 
 def _batches(model, crystals: CrystalTensors, batch_size: int):
     """PyG batches of ``crystals`` in order, on the model's device, with the model's scalers applied."""
-    items = CrystalDataset(crystals, model.scalers)
     device = next(model.parameters()).device
-    for start in range(0, len(crystals), batch_size):
-        yield Batch.from_data_list([items[i] for i in range(start, min(start + batch_size, len(crystals)))]).to(device)
+    return (batch.to(device) for batch in CrystalBatches(crystals, batch_size, model.scalers))
 
 
 def _same_composition(types_a, types_b) -> bool:
@@ -86,8 +84,8 @@ def probe_reconstruction(
     with _evaluating(model):
         for batch in _batches(model, crystals, batch_size):
             mu, logvar, _ = model.encode(batch, sample=False)
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + torch.exp(0.5 * logvar) * eps if latent == "sample" else mu
+            sampled = reparameterise(mu, logvar, generator)  # drawn for μ too: both see the same sampler noise
+            z = sampled if latent == "sample" else mu
             forced = {"num_atoms": batch.num_atoms, "atom_types": batch.atom_types} if force_atom_types else {}
             out = decode(model, z, sampler, generator=generator, progress=False, **forced)
             samples = {k: v.unsqueeze(0).cpu() for k, v in out.items()}

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
-from .data import CrystalDataset, CrystalTensors
+from .data import CrystalBatches, CrystalTensors
 from .sampling import CDVAE_SAMPLER, FAST_SAMPLER, SamplerSettings, decode
 from .tasks import to_structures
+from .vae import reparameterise
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -50,13 +50,11 @@ def encode_split(model: CrystalVAE, crystals: CrystalTensors, batch_size: int = 
                  seed: int = 0) -> torch.Tensor:
     """Latents ``(B, D)`` of every crystal: the means μ, or with ``sample`` z = μ + σ·ε (ε seeded by ``seed``)."""
     device = next(model.parameters()).device
-    loader = DataLoader(CrystalDataset(crystals, model.scalers), batch_size=batch_size)
     generator = torch.Generator(device=device).manual_seed(seed)
     out = []
-    for batch in loader:
+    for batch in CrystalBatches(crystals, batch_size, model.scalers):
         mu, logvar, _ = model.encode(batch.to(device), sample=False)
-        noise = torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype) if sample else 0.0
-        out.append(mu + torch.exp(0.5 * logvar) * noise)
+        out.append(reparameterise(mu, logvar, generator) if sample else mu)
     return torch.cat(out)
 
 

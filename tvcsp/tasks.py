@@ -31,8 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import provenance
+from .data import CrystalBatches, batch_ranges
 from .geometry import lattice_params_to_matrix
 from .sampling import CDVAE_SAMPLER, SamplerSettings, decode, make_generator
+from .vae import reparameterise
 
 if TYPE_CHECKING:
     from .data import CrystalTensors
@@ -192,20 +194,15 @@ def reconstruct(
     Returns:
         the :func:`load_samples` dict.
     """
-    from torch_geometric.data import Batch
-
-    from .data import CrystalDataset
-
     dataset = dataset or crystals.meta.get("dataset")
     split = split or crystals.meta.get("split")
-    items = CrystalDataset(crystals)
+    batches = CrystalBatches(crystals, batch_size)
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:
-        index = range(b * batch_size, min((b + 1) * batch_size, len(crystals)))
-        batch = Batch.from_data_list([items[i] for i in index]).to(device)
+        batch = batches[b].to(device)
         mu, logvar, _ = model.encode(batch, sample=False)
-        noise = torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype)
-        z = mu + torch.exp(0.5 * logvar) * noise if sample_z else mu
+        sampled = reparameterise(mu, logvar, generator)  # drawn for μ too: both then see the same sampler noise
+        z = sampled if sample_z else mu
         forced = {"num_atoms": batch.num_atoms if force_num_atoms else None,
                   "atom_types": batch.atom_types if force_atom_types else None}
         evals = [decode(model, z, sampler, generator=generator, compile=compile, progress=progress, **forced)
@@ -213,15 +210,14 @@ def reconstruct(
         gt = {f"gt_{k}": getattr(batch, k).cpu() for k in ("num_atoms", "lengths", "angles", "frac_coords",
                                                             "atom_types")}
         return {**_stack_evals(evals), "z": z.float().cpu(), **gt,
-                "material_ids": [crystals.material_ids[i] for i in index]}
+                "material_ids": [crystals.material_ids[i] for i in batches.ranges[b]]}
 
     settings = {"task": "reconstruction", "dataset": dataset, "split": split, "n": len(crystals),
                 "batch_size": batch_size, "seed": seed, "num_evals": num_evals, "sample_z": sample_z,
                 "force_num_atoms": force_num_atoms, "force_atom_types": force_atom_types, **_sampler_record(sampler),
                 "model": model_fingerprint(model)}
-    n_batches = -(-len(crystals) // batch_size)
     with torch.no_grad():
-        return _run(model, out_dir, settings, {"checkpoint": checkpoint}, n_batches, make_batch, device, progress)
+        return _run(model, out_dir, settings, {"checkpoint": checkpoint}, len(batches), make_batch, device, progress)
 
 
 def generate(
@@ -235,11 +231,10 @@ def generate(
 
     Arguments as in :func:`reconstruct`; ``dataset`` is a label (default: unlabelled).
     """
-    latent = model.config.latent_dim
+    latent, sizes = model.config.latent_dim, [len(r) for r in batch_ranges(n, batch_size)]
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:
-        size = min(batch_size, n - b * batch_size)
-        z = torch.randn(size, latent, generator=generator, device=device)
+        z = torch.randn(sizes[b], latent, generator=generator, device=device)
         evals = [decode(model, z, sampler, generator=generator, compile=compile, progress=progress)
                  for _ in range(num_evals)]
         return {**_stack_evals(evals), "z": z.cpu()}
@@ -247,8 +242,7 @@ def generate(
     settings = {"task": "generation", "dataset": dataset, "n": n, "batch_size": batch_size, "seed": seed,
                 "num_evals": num_evals, **_sampler_record(sampler), "model": model_fingerprint(model)}
     with torch.no_grad():
-        return _run(model, out_dir, settings, {"checkpoint": checkpoint}, -(-n // batch_size), make_batch, device,
-                    progress)
+        return _run(model, out_dir, settings, {"checkpoint": checkpoint}, len(sizes), make_batch, device, progress)
 
 
 def load_samples(out_dir: str | os.PathLike) -> dict:

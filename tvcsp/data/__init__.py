@@ -1,7 +1,7 @@
 """Benchmark datasets: registry, files and downloads, CIF parsing, processed cache, scalers, statistics."""
 
 from .crystals import CACHE_FORMAT_VERSION, CrystalTensors
-from .dataset import CrystalDataset, cache_dir, load_split, load_stats
+from .dataset import CrystalBatches, CrystalDataset, batch_ranges, cache_dir, load_split, load_stats
 from .files import data_roots, download_file, git_blob_id, home_dir, locate_split, sha256_file
 from .parse import CrystalParseError, canonical_crystal, parse_csv_rows, read_rows
 from .registry import DATASETS, SPLITS, DatasetInfo, PaperSettings, SplitSource, custom_dataset, get_dataset
@@ -12,6 +12,7 @@ __all__ = [
     "CACHE_FORMAT_VERSION",
     "DATASETS",
     "SPLITS",
+    "CrystalBatches",
     "CrystalDataset",
     "CrystalParseError",
     "CrystalTensors",
@@ -21,6 +22,7 @@ __all__ = [
     "Scalers",
     "SplitSource",
     "StandardScaler",
+    "batch_ranges",
     "cache_dir",
     "canonical_crystal",
     "compute_stats",
