@@ -21,6 +21,7 @@ from tvcsp.data import (
     StandardScaler,
     batch_ranges,
     canonical_crystal,
+    cdvae_settings,
     compute_stats,
     custom_dataset,
     download_file,
@@ -166,6 +167,23 @@ def test_registry_labels_reduced_splits():
     for name in ("carbon_24_reduced", "mp_20_reduced"):
         assert get_dataset(name).reduced and get_dataset(name).label.endswith("(reduced split)")
     assert get_dataset("mp_20").paper.cutoff == 10.0 and get_dataset("perov_5").paper.rbf == "bessel"
+
+
+def test_cdvae_settings_travel_with_the_registry_entry():
+    perov, carbon, mp20 = (get_dataset(name).cdvae for name in ("perov_5", "carbon_24", "mp_20"))
+    assert (perov.batch_size, perov.teacher_forcing_max_epoch, perov.property_model) == (512, 1500, "perovskite")
+    assert (mp20.batch_size, mp20.teacher_forcing_max_epoch, carbon.property_model) == (256, 500, "carbon")
+    assert carbon.cov_thresholds == perov.cov_thresholds == (0.2, 4.0) and mp20.cov_thresholds == (0.4, 10.0)
+    assert perov.sr_thresholds == (0.439248, 0.612024, 0.736461)
+    assert get_dataset("carbon_24_reduced").cdvae is carbon and get_dataset("mp_20_reduced").cdvae is mp20
+    assert cdvae_settings("mp_20_reduced (reduced split)", "x") is mp20  # a result's label works too
+    user = custom_dataset("mine", {"test": "t.csv"})
+    assert user.cdvae is None
+    for dataset in (user, "qm9", "mp_20_partial"):  # no name-prefix guessing
+        with pytest.raises(KeyError, match="no CDVAE coverage thresholds for dataset") as err:
+            cdvae_settings(dataset, "coverage thresholds")
+        assert "\n" not in err.value.args[0]
+    assert cdvae_settings(custom_dataset("mine", {"test": "t.csv"}, cdvae=mp20), "x") is mp20
 
 
 def test_scalers_are_population_std_plus_epsilon():

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import CrystalBatches, CrystalTensors
+from .data import CrystalBatches, CrystalTensors, DatasetInfo, cdvae_settings
 from .sampling import CDVAE_SAMPLER, FAST_SAMPLER, SamplerSettings, decode
 from .tasks import to_structures
 from .vae import reparameterise
@@ -31,15 +31,10 @@ if TYPE_CHECKING:
 
     from .vae import CrystalVAE
 
-__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "SR_THRESHOLDS", "OptimizationPath", "SuccessRates",
+__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "OptimizationPath", "SuccessRates",
            "crystal_labels", "crystal_valid", "decode_latents", "encode_split", "interpolate", "neighbourhood",
            "optimize_property", "predict_property", "project", "sr_thresholds", "success_rates"]
 
-SR_THRESHOLDS = {  # docs/metrics.md#success-rates: 5th, 10th, 15th percentile of the dataset's property (eV/atom)
-    "perov": (0.439248, 0.612024, 0.736461),
-    "carbon": (-154.527093, -154.458657, -154.442068),
-    "mp_20": (-3.17562, -2.82197, -2.52815),
-}
 
 
 # ------------------------------------------------------------------------------------------------ encoding
@@ -243,12 +238,11 @@ def optimize_property(model: CrystalVAE, z0: torch.Tensor, steps: int = 5000, lr
     return OptimizationPath(torch.stack(predicted).cpu(), decode_steps, torch.stack(saved).cpu(), structures)
 
 
-def sr_thresholds(dataset: str) -> tuple[float, float, float]:
-    """SR5/SR10/SR15 property thresholds of ``dataset`` (by name prefix: perov…, carbon…, mp_20…)."""
-    for prefix, values in SR_THRESHOLDS.items():
-        if dataset.startswith(prefix):
-            return values
-    raise KeyError(f"no success-rate thresholds for {dataset!r} (known prefixes: {sorted(SR_THRESHOLDS)})")
+def sr_thresholds(dataset: str | DatasetInfo) -> tuple[float, float, float]:
+    """SR5/SR10/SR15 property thresholds of a dataset with CDVAE's settings (:class:`~tvcsp.data.CDVAESettings`:
+    the 5th, 10th and 15th percentile of its property, eV/atom; the reduced variants share their dataset's); a
+    one-line ``KeyError`` for any other."""
+    return cdvae_settings(dataset, "success-rate thresholds").sr_thresholds
 
 
 @dataclass

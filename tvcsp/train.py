@@ -106,17 +106,15 @@ SELECTION_METRICS = ("val_loss", "probe_val_match_rate")
 validation probe set (higher is better; needs the probe callback)."""
 
 
-CDVAE_TRAINING = {  # docs/model.md#training per dataset; epochs from the paper (paper Table 4)
-    "perov_5": dict(batch_size=512, teacher_forcing_max_epoch=1500),
-    "carbon_24": dict(batch_size=256, teacher_forcing_max_epoch=1000),
-    "mp_20": dict(batch_size=256, teacher_forcing_max_epoch=500),
-}
-
 PROFILES = ("quick", "cpu", "paper")
 
 
-def _base_name(info: DatasetInfo) -> str:
-    return next((name for name in CDVAE_TRAINING if info.name.startswith(name)), "perov_5")
+def _cdvae_training(info: DatasetInfo) -> dict:
+    """TrainConfig fields of CDVAE's per-dataset training (docs/model.md#training; ``info.cdvae``); none for a
+    dataset without CDVAE settings, which then trains with TrainConfig's defaults (perov_5's values)."""
+    if info.cdvae is None:
+        return {}
+    return {"batch_size": info.cdvae.batch_size, "teacher_forcing_max_epoch": info.cdvae.teacher_forcing_max_epoch}
 
 
 def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | None = None,
@@ -148,11 +146,10 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
     elif rbf == "auto":  # the winner stored by tvcsp.rbf_selection.compare_rbfs (its choice_path), else as above
         choice = Path(os.environ.get("TVCSP_RBF_DIR") or home_dir() / "runs" / "rbf_choice") / f"{info.name}.json"
         rbf = json.loads(choice.read_text())["winner"] if choice.is_file() else (paper.rbf if paper else "gaussian")
-    cdvae = CDVAE_TRAINING[_base_name(info)]
     if profile == "paper":
         encoder = EncoderConfig(rbf=rbf, cutoff=cutoff, max_neighbors=neighbors, latent_dim=64)
         vae = VAEConfig(encoder=encoder, decoder=DecoderConfig(), max_atoms=info.max_atoms or 20)
-        train = TrainConfig(dataset=info.name, max_epochs=paper.epochs if paper else 1000, **cdvae)
+        train = TrainConfig(dataset=info.name, max_epochs=paper.epochs if paper else 1000, **_cdvae_training(info))
     else:
         encoder = EncoderConfig(
             irreps_node="32x0e+8x1o+4x2e", irreps_head="8x0e+2x1o+1x2e", num_blocks=2, num_heads=4,
