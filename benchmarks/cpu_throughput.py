@@ -2,7 +2,7 @@
 
 Generates ``--n-generate`` crystals from z ~ N(0, I) (batches of ``--gen-batch``) and reconstructs the whole
 perov_5 test split (``--limit 0``; batches of ``--recon-batch``: encode, sample z = μ + σ·ε, decode), both with
-:data:`tvcsp.latent.FAST_SAMPLER` unless ``--update``/``--n-step-each`` say otherwise, and prints a table of
+:data:`tvcsp.sampling.FAST_SAMPLER` unless ``--update``/``--n-step-each`` say otherwise, and prints a table of
 seconds and crystals per second against the targets (1,000 generated in ≤ 5 minutes, the test split in ≤ 15
 minutes, on 2 CPU cores). Writes ``<out>/cpu_throughput.json`` labelled with model, sampler, threads, device
 and commit.
@@ -13,40 +13,39 @@ Run: ``python benchmarks/cpu_throughput.py models/perov_5.pt --threads 2``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
-from torch_geometric.data import Batch
 
 from tvcsp.checkpoint import load_model, provenance
-from tvcsp.data import CrystalDataset, get_dataset, load_split
-from tvcsp.latent import FAST_SAMPLER
-from tvcsp.sampling import decode, make_generator, steps_per_sample
+from tvcsp.data import CrystalBatches, batch_ranges, get_dataset, load_split
+from tvcsp.sampling import FAST_SAMPLER, SamplerSettings, decode, make_generator
+from tvcsp.vae import reparameterise
 
 TARGETS_S = {"generation": 300.0, "reconstruction": 900.0}  # issue 11, item 3, for 1,000 and 3,785 crystals
 
 
-def time_generation(model, n: int, batch_size: int, sampler: dict, seed: int) -> float:
+def time_generation(model, n: int, batch_size: int, sampler: SamplerSettings, seed: int) -> float:
     """Seconds to decode ``n`` latents z ~ N(0, I)."""
     generator = make_generator(seed)
     start = time.perf_counter()
-    for first in range(0, n, batch_size):
-        z = torch.randn(min(batch_size, n - first), model.config.latent_dim, generator=generator)
-        decode(model, z, generator=generator, progress=False, **sampler)
+    for index in batch_ranges(n, batch_size):
+        z = torch.randn(len(index), model.config.latent_dim, generator=generator)
+        decode(model, z, sampler, generator=generator, progress=False)
     return time.perf_counter() - start
 
 
-def time_reconstruction(model, crystals, batch_size: int, sampler: dict, seed: int) -> float:
+def time_reconstruction(model, crystals, batch_size: int, sampler: SamplerSettings, seed: int) -> float:
     """Seconds to encode and decode every crystal (batching included)."""
-    items, generator = CrystalDataset(crystals), make_generator(seed)
+    generator = make_generator(seed)
     start = time.perf_counter()
-    for first in range(0, len(crystals), batch_size):
-        batch = Batch.from_data_list([items[i] for i in range(first, min(first + batch_size, len(crystals)))])
+    for batch in CrystalBatches(crystals, batch_size):
         mu, logvar, _ = model.encode(batch, sample=False)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
-        decode(model, z, generator=generator, progress=False, **sampler)
+        z = reparameterise(mu, logvar, generator)
+        decode(model, z, sampler, generator=generator, progress=False)
     return time.perf_counter() - start
 
 
@@ -57,8 +56,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="test crystals reconstructed (0: the whole split)")
     parser.add_argument("--gen-batch", type=int, default=500)
     parser.add_argument("--recon-batch", type=int, default=256)
-    parser.add_argument("--update", default=FAST_SAMPLER["update"], choices=["langevin", "ancestral", "ddim"])
-    parser.add_argument("--n-step-each", type=int, default=FAST_SAMPLER["n_step_each"])
+    parser.add_argument("--update", default=FAST_SAMPLER.update, choices=["langevin", "ancestral", "ddim"])
+    parser.add_argument("--n-step-each", type=int, default=FAST_SAMPLER.n_step_each)
     parser.add_argument("--num-levels", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -69,8 +68,9 @@ def main() -> None:
     model = load_model(args.model, dataset=info.name).eval()
     test = load_split(info, "test", progress=False)
     crystals = test.select(slice(0, args.limit)) if args.limit else test
-    sampler = {**FAST_SAMPLER, "update": args.update, "n_step_each": args.n_step_each, "num_levels": args.num_levels}
-    calls = steps_per_sample(model.sigmas, args.n_step_each, num_levels=args.num_levels)
+    sampler = dataclasses.replace(FAST_SAMPLER, update=args.update, n_step_each=args.n_step_each,
+                                  num_levels=args.num_levels)
+    calls = sampler.decoder_calls(model.sigmas)
     with torch.no_grad():
         seconds = {"generation": time_generation(model, args.n_generate, args.gen_batch, sampler, args.seed),
                    "reconstruction": time_reconstruction(model, crystals, args.recon_batch, sampler, args.seed)}
@@ -79,7 +79,7 @@ def main() -> None:
              "crystals_per_s": counts[task] / seconds[task],
              "target_s": TARGETS_S[task] * counts[task] / (1000 if task == "generation" else 3785)}
             for task in seconds]
-    labels = {"dataset": info.label, "split": "test", "model": str(args.model), "sampler": sampler,
+    labels = {"dataset": info.label, "split": "test", "model": str(args.model), "sampler": sampler.to_dict(),
               "threads": args.threads, "seed": args.seed, **provenance()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu_throughput.json").write_text(json.dumps({"labels": labels, "rows": rows}, indent=1))

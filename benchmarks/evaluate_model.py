@@ -27,7 +27,7 @@ from tvcsp.checkpoint import load_model, provenance
 from tvcsp.data import get_dataset, load_split
 from tvcsp.metrics import evaluate_crystals, evaluate_generation, reconstruction_metrics, write_metrics_json
 from tvcsp.metrics.property_model import energy_predictor
-from tvcsp.sampling import steps_per_sample
+from tvcsp.sampling import SamplerSettings
 from tvcsp.tasks import generate, reconstruct, to_structures
 
 
@@ -48,15 +48,15 @@ def test_subset(test, limit: int, seed: int):
     return test.select(pick.sort().values)
 
 
-def sampler_options(args) -> dict:
-    return dict(n_step_each=args.n_step_each, num_levels=args.num_levels, update=args.update,
-                keep_composition=args.keep_composition)
+def sampler_settings(args) -> SamplerSettings:
+    return SamplerSettings(n_step_each=args.n_step_each, num_levels=args.num_levels, update=args.update,
+                           keep_composition=args.keep_composition)
 
 
 def evaluate_reconstruction_split(model, crystals, train_formulas: set[str], args) -> dict:
-    samples = reconstruct(model, crystals, args.out / "reconstruction", batch_size=args.batch_size,
-                          seed=args.seed, dataset="perov_5", split="test", checkpoint=str(args.model), progress=True,
-                          **sampler_options(args))
+    samples = reconstruct(model, crystals, args.out / "reconstruction", sampler_settings(args),
+                          batch_size=args.batch_size, seed=args.seed, dataset="perov_5", split="test",
+                          checkpoint=str(args.model), progress=True)
     pred = evaluate_crystals(to_structures(samples), workers=args.workers, desc="predictions")
     truth = evaluate_crystals(to_structures(samples, ground_truth=True), workers=args.workers, desc="ground truth")
     everything = reconstruction_metrics(pred, truth, workers=args.workers)
@@ -94,8 +94,9 @@ def main() -> None:
     recon = evaluate_reconstruction_split(model, crystals, train_formulas, args)
     timings["reconstruction"], t0 = time.perf_counter() - t0, time.perf_counter()
 
-    samples = generate(model, args.n_generate, args.out / "generation", batch_size=args.batch_size, seed=args.seed,
-                       dataset=info.name, checkpoint=str(args.model), **sampler_options(args))
+    sampler = sampler_settings(args)
+    samples = generate(model, args.n_generate, args.out / "generation", sampler, batch_size=args.batch_size,
+                       seed=args.seed, dataset=info.name, checkpoint=str(args.model))
     reference = test_subset(test, args.reference_limit, args.seed)
     predict, skipped = energy_predictor(info.name)
     gen = evaluate_generation(to_structures(samples), [reference.to_structure(i) for i in range(len(reference))],
@@ -103,8 +104,7 @@ def main() -> None:
     timings["generation"] = time.perf_counter() - t0
     labels = {"dataset": info.label, "split": "test", "model": str(args.model), "n_reconstructed": len(crystals),
               "test_size": len(test), "n_generated": args.n_generate, "n_reference": len(reference),
-              **sampler_options(args),
-              "decoder_calls_per_crystal": steps_per_sample(model.sigmas, args.n_step_each, num_levels=args.num_levels),
+              **sampler.to_dict(), "decoder_calls_per_crystal": sampler.decoder_calls(model.sigmas),
               "latent": "sampled z (CDVAE)", "seed": args.seed, "threads": args.threads, **provenance()}
     metrics = {"reconstruction": recon, "generation": gen, "timings_s": timings}
     path = write_metrics_json(args.out / "evaluation.json", metrics, labels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,16 +22,16 @@ import torch
 from tvcsp.checkpoint import cpu_name, model_from_training_checkpoint, provenance
 from tvcsp.data import get_dataset, load_split
 from tvcsp.diagnostics import denoising_by_level, latent_usage, probe_reconstruction
-from tvcsp.sampling import steps_per_sample
+from tvcsp.sampling import SamplerSettings
 from tvcsp.train import _subset, train
 
-VARIANTS = {  # name: probe_reconstruction keyword arguments
-    "sample z, CDVAE types": dict(latent="sample", composition_prior=False),
-    "sample z, composition prior": dict(latent="sample", composition_prior=True),
-    "mu, composition prior": dict(latent="mu", composition_prior=True),
-    "sample z, composition kept": dict(latent="sample", keep_composition=True),
-    "mu, composition kept": dict(latent="mu", keep_composition=True),
-    "mu, true types forced": dict(latent="mu", force_atom_types=True),
+VARIANTS = {  # name: (SamplerSettings type rule, probe_reconstruction keyword arguments)
+    "sample z, CDVAE types": ({}, dict(latent="sample")),
+    "sample z, composition prior": ({"composition_prior": True}, dict(latent="sample")),
+    "mu, composition prior": ({"composition_prior": True}, dict(latent="mu")),
+    "sample z, composition kept": ({"keep_composition": True}, dict(latent="sample")),
+    "mu, composition kept": ({"keep_composition": True}, dict(latent="mu")),
+    "mu, true types forced": ({}, dict(latent="mu", force_atom_types=True)),
 }
 
 
@@ -79,13 +80,15 @@ def main() -> None:
     info = get_dataset("perov_5")
     crystals = _subset(load_split(info, "train", progress=False), args.n, summary["train"]["seed"])
     model = last_model(run_dir)
-    sampler = dict(n_step_each=args.n_step_each, num_levels=args.num_levels, update=args.update)
-    calls = steps_per_sample(model.sigmas, args.n_step_each, num_levels=args.num_levels)
+    sampler = SamplerSettings(n_step_each=args.n_step_each, num_levels=args.num_levels, update=args.update)
+    calls = sampler.decoder_calls(model.sigmas)
     print(f"{summary['steps']} training steps; sampler {sampler}: {calls} decoder calls per crystal", flush=True)
     table = {}
     for name in args.variants:
         t0 = time.perf_counter()
-        probe = probe_reconstruction(model, crystals, batch_size=args.n, **sampler, **VARIANTS[name])
+        types, options = VARIANTS[name]
+        probe = probe_reconstruction(model, crystals, dataclasses.replace(sampler, **types), batch_size=args.n,
+                                     **options)
         table[name] = {**probe, "seconds": time.perf_counter() - t0}
         print(f"{name:32s} match {probe['match_rate']:.3f}  rmse {probe['rmse'] or float('nan'):.4f}  "
               f"composition {probe['composition_accuracy']:.3f}  natoms {probe['natom_accuracy']:.3f}  "

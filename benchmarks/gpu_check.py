@@ -38,7 +38,7 @@ from tvcsp.checkpoint import load_model, provenance
 from tvcsp.data import CrystalDataset, CrystalTensors, fit_scalers
 from tvcsp.geometry import lattice_matrix_to_params
 from tvcsp.pretrained import PretrainedNotFoundError, pretrained_path
-from tvcsp.sampling import decode, make_generator
+from tvcsp.sampling import SamplerSettings, decode, make_generator
 from tvcsp.train import make_configs
 
 CASES = {"perov_5-sized": ("perov_5", 5), "mp_20-sized": ("mp_20", 20)}
@@ -101,7 +101,8 @@ def generation(device: torch.device, n: int, batch: int, budget_s: float, schedu
     model, source = shipped_or_untrained(device)
     rows = []
     for name, n_step_each in schedules.items():
-        decode(model, torch.zeros(2, model.config.latent_dim, device=device), n_step_each=1, seed=0,
+        sampler = SamplerSettings(n_step_each=n_step_each)
+        decode(model, torch.zeros(2, model.config.latent_dim, device=device), SamplerSettings(n_step_each=1), seed=0,
                progress=False)  # warm-up
         reset_peak(device)
         done, start, index = 0, time.perf_counter(), 0
@@ -109,12 +110,12 @@ def generation(device: torch.device, n: int, batch: int, budget_s: float, schedu
             while done < n and time.perf_counter() - start < budget_s:
                 size = min(batch, n - done)
                 z = torch.randn(size, model.config.latent_dim, generator=make_generator(index, device), device=device)
-                decode(model, z, n_step_each=n_step_each, seed=index, progress=False)
+                decode(model, z, sampler, seed=index, progress=False)
                 synchronize(device)
                 done, index = done + size, index + 1
         seconds = time.perf_counter() - start
         rate = done / seconds
-        rows.append({"schedule": name, "decoder_calls": int(model.sigmas.numel()) * n_step_each, "model": source,
+        rows.append({"schedule": name, "decoder_calls": sampler.decoder_calls(model.sigmas), "model": source,
                      "batch": batch, "crystals": done, "seconds": seconds, "crystals_per_s": rate,
                      f"minutes_for_{n}": n / rate / 60, "speed_up_vs_cdvae_h100": [rate / c for c in CDVAE_H100],
                      "peak_mib": peak_mib(device)})

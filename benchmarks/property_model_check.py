@@ -23,19 +23,19 @@ from pymatgen.core import Lattice, Structure
 
 from tvcsp.data.files import locate_split
 from tvcsp.data.parse import canonical_crystal, read_rows
-from tvcsp.data.registry import custom_dataset, get_dataset
+from tvcsp.data.registry import DatasetInfo, custom_dataset, get_dataset
 from tvcsp.metrics.crystalnn_graph import crystalnn_graphs
 from tvcsp.metrics.property_model import PropertyModel
 
 # Without the official mp_20 test file: the partial copy, whose first 1,000 rows are the official first rows.
 FALLBACKS = {
     "mp_20": custom_dataset("mp_20_partial", {"test": "partial/test_partial.csv"}, "formation_energy_per_atom",
-                            folder="mp_20", reduced=True)
+                            folder="mp_20", reduced=True, cdvae=get_dataset("mp_20").cdvae)
 }
 
 
-def test_rows(dataset: str, n: int, seed: int | None) -> tuple[str, pd.DataFrame] | None:
-    """(dataset name used, DataFrame of the first ``n`` test rows, or ``n`` rows drawn with ``seed``) or ``None``."""
+def test_rows(dataset: str, n: int, seed: int | None) -> tuple[DatasetInfo, pd.DataFrame] | None:
+    """(dataset used, DataFrame of the first ``n`` test rows, or ``n`` rows drawn with ``seed``) or ``None``."""
     for info in filter(None, (get_dataset(dataset), FALLBACKS.get(dataset))):
         try:
             files = locate_split(info, "test")
@@ -44,9 +44,9 @@ def test_rows(dataset: str, n: int, seed: int | None) -> tuple[str, pd.DataFrame
         rows = [read_rows(path, source.rows, info.prop) for source, path in files]
         df = pd.concat(rows, ignore_index=True)
         if seed is None:
-            return info.name, df.iloc[:n].reset_index(drop=True)
+            return info, df.iloc[:n].reset_index(drop=True)
         pick = np.sort(np.random.default_rng(seed).choice(len(df), min(n, len(df)), replace=False))
-        return info.name, df.iloc[pick].reset_index(drop=True)
+        return info, df.iloc[pick].reset_index(drop=True)
     return None
 
 
@@ -87,8 +87,8 @@ def main() -> None:
         if found is None:
             print(f"{dataset}: no test CSV found, skipped")
             continue
-        name, df = found
-        model = PropertyModel.for_dataset(name)
+        info, df = found
+        model = PropertyModel.for_dataset(info)
         y = df["y"].to_numpy(np.float64)
         for cell in args.cells:
             crystals = structures(df["cif"].tolist(), cell)
@@ -97,7 +97,7 @@ def main() -> None:
             t_graph = time.perf_counter() - start
             start = time.perf_counter()
             pred = model.predict_graphs(graphs)
-            report(name, cell, pred, y, t_graph, time.perf_counter() - start)
+            report(info.name, cell, pred, y, t_graph, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

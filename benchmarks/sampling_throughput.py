@@ -25,7 +25,7 @@ import time
 import torch
 
 from tvcsp.data import DatasetStats, Scalers, StandardScaler
-from tvcsp.sampling import checked_lattice, composition_sample, decode, make_generator
+from tvcsp.sampling import SamplerSettings, checked_lattice, composition_sample, decode, make_generator
 from tvcsp.train import make_configs
 from tvcsp.vae import CrystalVAE
 
@@ -68,9 +68,11 @@ def bench_case(model: CrystalVAE, atoms: int, batch: int, steps: int, device: to
     z = torch.randn(batch, model.config.latent_dim, generator=make_generator(0, device), device=device)
     num_atoms = torch.full((batch,), atoms, device=device)
     first_level = float(model.sigmas[0])
-    kwargs = dict(num_atoms=num_atoms, min_sigma=first_level, precision=precision, compile=compile, progress=False)
-    decode(model, z, n_step_each=1, seed=0, **kwargs)  # warm-up (and compilation)
-    step = timed(lambda: decode(model, z, n_step_each=steps, seed=1, **kwargs), device) / steps
+    kwargs = dict(num_atoms=num_atoms, compile=compile, progress=False)
+    first_only = SamplerSettings(n_step_each=1, min_sigma=first_level, precision=precision)
+    decode(model, z, first_only, seed=0, **kwargs)  # warm-up (and compilation)
+    timed_steps = dataclasses.replace(first_only, n_step_each=steps)
+    step = timed(lambda: decode(model, z, timed_steps, seed=1, **kwargs), device) / steps
 
     lengths, angles = model.lattice_from_scaled(model.fc_lattice(z), num_atoms)
     lattice, _ = checked_lattice(lengths.float(), angles.float())

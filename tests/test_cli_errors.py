@@ -150,3 +150,15 @@ def test_entry_point_in_a_fresh_interpreter(damaged):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [result.stderr.strip()] and "truncated or corrupt" in result.stderr
+
+
+def test_cli_sampler_preset_and_options(model_file, tmp_path, capsys):
+    out = tmp_path / "fast"
+    main(["generate", str(model_file), "--n", "2", "--out", str(out), "--sampler", "fast", "--num-levels", "2",
+          "--no-keep-composition", "--device", "cpu", "--no-progress"])
+    settings = json.loads((out / "meta.json").read_text())["settings"]
+    assert (settings["update"], settings["n_step_each"], settings["num_levels"]) == ("ancestral", 2, 2)
+    assert settings["keep_composition"] is False and "composition_prior" not in settings
+    line = run_cli(["generate", model_file, "--out", tmp_path / "ddim", "--update", "ddim", "--device", "cpu"], capsys)
+    assert "update='ddim' takes one step per level (got n_step_each=100)" in line
+    assert "invalid choice" in run_cli(["generate", model_file, "--out", tmp_path, "--sampler", "slow"], capsys)

@@ -12,13 +12,16 @@ from pymatgen.core import Lattice, Structure
 from torch_geometric.loader import DataLoader
 
 from tvcsp.data import (
+    CrystalBatches,
     CrystalDataset,
     CrystalParseError,
     CrystalTensors,
     DatasetInfo,
     SplitSource,
     StandardScaler,
+    batch_ranges,
     canonical_crystal,
+    cdvae_settings,
     compute_stats,
     custom_dataset,
     download_file,
@@ -166,6 +169,23 @@ def test_registry_labels_reduced_splits():
     assert get_dataset("mp_20").paper.cutoff == 10.0 and get_dataset("perov_5").paper.rbf == "bessel"
 
 
+def test_cdvae_settings_travel_with_the_registry_entry():
+    perov, carbon, mp20 = (get_dataset(name).cdvae for name in ("perov_5", "carbon_24", "mp_20"))
+    assert (perov.batch_size, perov.teacher_forcing_max_epoch, perov.property_model) == (512, 1500, "perovskite")
+    assert (mp20.batch_size, mp20.teacher_forcing_max_epoch, carbon.property_model) == (256, 500, "carbon")
+    assert carbon.cov_thresholds == perov.cov_thresholds == (0.2, 4.0) and mp20.cov_thresholds == (0.4, 10.0)
+    assert perov.sr_thresholds == (0.439248, 0.612024, 0.736461)
+    assert get_dataset("carbon_24_reduced").cdvae is carbon and get_dataset("mp_20_reduced").cdvae is mp20
+    assert cdvae_settings("mp_20_reduced (reduced split)", "x") is mp20  # a result's label works too
+    user = custom_dataset("mine", {"test": "t.csv"})
+    assert user.cdvae is None
+    for dataset in (user, "qm9", "mp_20_partial"):  # no name-prefix guessing
+        with pytest.raises(KeyError, match="no CDVAE coverage thresholds for dataset") as err:
+            cdvae_settings(dataset, "coverage thresholds")
+        assert "\n" not in err.value.args[0]
+    assert cdvae_settings(custom_dataset("mine", {"test": "t.csv"}, cdvae=mp20), "x") is mp20
+
+
 def test_scalers_are_population_std_plus_epsilon():
     x = torch.tensor([[1.0, 10.0], [3.0, 10.0]])
     scaler = StandardScaler.fit(x)
@@ -207,6 +227,22 @@ def test_pyg_dataset_batches(toy):
     assert batch.batch.tolist() == [0] * 5 + [1] * 3 + [2] * 8
     torch.testing.assert_close(batch.scaled_lattice.double().mean(0), torch.zeros(6, dtype=torch.float64),
                                atol=1e-5, rtol=0)
+
+
+def test_crystal_batches_cover_the_split_in_order_like_a_data_loader(toy):
+    info, root = toy
+    train = load_split(info, "train", data_dir=root, progress=False)
+    assert batch_ranges(5, 2) == [range(0, 2), range(2, 4), range(4, 5)] and batch_ranges(0, 3) == []
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        batch_ranges(5, 0)
+    scalers = fit_scalers(train)
+    batches = CrystalBatches(train, 2, scalers)
+    assert len(batches) == 2 and batches.ranges == [range(0, 2), range(2, 3)]
+    loaded = list(DataLoader(CrystalDataset(train, scalers), batch_size=2))
+    for ours, theirs in zip(batches, loaded, strict=True):
+        assert all(torch.equal(ours[k], theirs[k]) for k in ("num_atoms", "atom_types", "frac_coords", "batch",
+                                                              "scaled_lattice", "y_scaled"))
+    assert not hasattr(CrystalBatches(train, 2)[0], "scaled_lattice")  # without scalers: the raw crystals only
 
 
 @pytest.fixture

@@ -7,6 +7,9 @@ import torch
 from conftest import tiny_vae
 
 from tvcsp.diagnostics import denoising_by_level, failure_kinds, latent_usage, probe_reconstruction
+from tvcsp.sampling import SamplerSettings
+
+TWO_STEPS = SamplerSettings(n_step_each=2)
 
 
 @pytest.fixture(scope="module")
@@ -18,12 +21,13 @@ def vae(tmp_path_factory):
 def test_probe_reconstruction_scores_and_restores_the_training_mode(vae):
     model, crystals = vae
     model.train()
-    out = probe_reconstruction(model, crystals, n_step_each=2, latent="mu", composition_prior=True)
+    out = probe_reconstruction(model, crystals, SamplerSettings(n_step_each=2, composition_prior=True), latent="mu")
     assert model.training
+    assert out["composition_prior"] is True and out["n_step_each"] == 2 and out["latent"] == "mu"
     assert out["n"] == len(crystals) and 0 <= out["match_rate"] <= out["match_rate_no_validity"] <= 1
     assert 0 <= out["composition_accuracy"] <= 1 and 0 <= out["natom_accuracy"] <= 1
     assert sum(out["failures"].values()) <= out["n"] - round(out["match_rate_no_validity"] * out["n"])
-    forced = probe_reconstruction(model.eval(), crystals, n_step_each=2, force_atom_types=True)
+    forced = probe_reconstruction(model.eval(), crystals, TWO_STEPS, force_atom_types=True)
     assert forced["composition_accuracy"] == 1.0 and forced["natom_accuracy"] == 1.0
     with pytest.raises(ValueError, match="latent"):
         probe_reconstruction(model, crystals, latent="median")
@@ -39,9 +43,10 @@ def test_composition_prior_never_picks_an_element_the_head_rules_out(vae):
         head.weight.zero_()
         head.bias.fill_(-1e4)
         head.bias[[7, 21]] = 0.0  # only O (Z = 8) and Ti (Z = 22) are possible
-        out = decode(model, torch.randn(4, model.config.latent_dim), n_step_each=2, num_atoms=torch.tensor([5] * 4),
-                     composition_prior=True, seed=0, progress=False)
-        plain = decode(model, torch.randn(4, model.config.latent_dim), n_step_each=2, num_atoms=torch.tensor([5] * 4),
+        prior = SamplerSettings(n_step_each=2, composition_prior=True)
+        out = decode(model, torch.randn(4, model.config.latent_dim), prior, num_atoms=torch.tensor([5] * 4), seed=0,
+                     progress=False)
+        plain = decode(model, torch.randn(4, model.config.latent_dim), TWO_STEPS, num_atoms=torch.tensor([5] * 4),
                        seed=0, progress=False)
     assert set(out["atom_types"].tolist()) <= {8, 22}
     assert not set(plain["atom_types"].tolist()) <= {8, 22}  # the untrained decoder alone picks anything

@@ -23,10 +23,11 @@ from tvcsp.latent import (
     project,
     success_rates,
 )
+from tvcsp.sampling import SamplerSettings
 from tvcsp.train import read_metrics, train
 from tvcsp.vae import CrystalVAE
 
-ONE_STEP = {"n_step_each": 1, "step_lr": 1e-4, "min_sigma": 1.0}  # a few decoder calls: enough to compare
+ONE_STEP = SamplerSettings(n_step_each=1, min_sigma=1.0)  # a few decoder calls: enough to compare
 
 
 @pytest.fixture(scope="module")

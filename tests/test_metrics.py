@@ -9,7 +9,7 @@ import torch
 from conftest import perovskite, rock_salt, tiny_cell, triclinic
 from pymatgen.core import Composition, Element, Lattice, Structure
 
-from tvcsp.data import canonical_crystal, read_rows
+from tvcsp.data import canonical_crystal, custom_dataset, get_dataset, read_rows
 from tvcsp.metrics import (
     COMP_SCALER_MEANS,
     COMP_SCALER_STDS,
@@ -208,9 +208,10 @@ def test_cov_precision_counts_dropped_crystals(crystals):
 
 def test_cov_thresholds():
     assert cov_thresholds("perov_5") == cov_thresholds("carbon_24_reduced") == (0.2, 4.0)
-    assert cov_thresholds("mp_20_reduced") == (0.4, 10.0)
-    with pytest.raises(KeyError):
-        cov_thresholds("qm9")
+    assert cov_thresholds("mp_20_reduced") == cov_thresholds(get_dataset("mp_20")) == (0.4, 10.0)
+    for unknown in ("qm9", "perov_5_custom", custom_dataset("toy", {"test": "test.csv"})):  # no silent fallback
+        with pytest.raises(KeyError, match="no CDVAE coverage thresholds"):
+            cov_thresholds(unknown)
 
 
 def test_generation_metrics_of_identical_sets(crystals):

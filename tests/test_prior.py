@@ -16,10 +16,11 @@ from tvcsp.prior import (
     prior_path,
     resolve_prior,
 )
+from tvcsp.sampling import SamplerSettings
 from tvcsp.tasks import generate
 
 SMALL = FlowPriorConfig(hidden=64, num_blocks=2, steps=1500, batch_size=256, lr=3e-3, sample_steps=10)
-FAST = dict(n_step_each=1, min_sigma=8.0, progress=False)
+FAST = dict(sampler=SamplerSettings(n_step_each=1, min_sigma=8.0), progress=False)
 
 
 def two_clusters(n: int = 400, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,3 +132,20 @@ def tiny_like(model):
         for p in clone.parameters():
             p.add_(0.01)
     return clone.eval()
+
+
+def test_a_generation_run_from_before_the_prior_label_resumes_as_normal(tiny, tmp_path):
+    import json
+
+    model, _ = tiny
+    out = tmp_path / "old"
+    generate(model, 2, out, batch_size=1, seed=0, **FAST)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["settings"]["prior"]  # as written before the label existed
+    (out / "meta.json").write_text(json.dumps(meta))
+    (out / "batches" / "batch_00001.pt").unlink()
+    assert generate(model, 2, out, batch_size=1, seed=0, **FAST)["num_atoms"].shape == (1, 2)
+    with pytest.raises(ValueError, match="prior"):  # but not as a learned one
+        generate(model, 2, out, batch_size=1, seed=0, prior=fit_prior(
+            torch.zeros(8, model.config.latent_dim), torch.zeros(8, model.config.latent_dim),
+            dataclasses.replace(SMALL, steps=2), progress=False), **FAST)

@@ -5,7 +5,7 @@ from conftest import tiny_vae
 
 from tvcsp import sampler_cost
 from tvcsp.sampler_cost import CURVE_SETTINGS, parse_setting, quality_cost, setting_tag, summarise
-from tvcsp.sampling import steps_per_sample
+from tvcsp.sampling import SamplerSettings
 
 SETTINGS = ["langevin:2:1", "ddim:3:1"]
 
@@ -18,14 +18,18 @@ def tiny(tmp_path_factory, _one_thread):
 
 def test_parse_setting_and_the_curve_from_5000_to_50_calls(tiny):
     model, _ = tiny
-    assert parse_setting("langevin:50:100") == {"update": "langevin", "num_levels": 50, "n_step_each": 100}
+    assert parse_setting("langevin:50:100") == SamplerSettings(num_levels=50)
+    assert parse_setting("ancestral:50:2", "kept") == SamplerSettings(n_step_each=2, num_levels=50,
+                                                                      update="ancestral", keep_composition=True)
+    assert parse_setting("langevin:10:2", "prior").composition_prior
     assert setting_tag(parse_setting("ddim:20:1")) == "ddim_20x1"
-    calls = [steps_per_sample(model.sigmas, **{k: v for k, v in parse_setting(s).items() if k != "update"})
-             for s in CURVE_SETTINGS]
+    calls = [parse_setting(s).decoder_calls(model.sigmas) for s in CURVE_SETTINGS]
     assert calls == [5000, 2000, 1000, 500, 250, 100, 50]
-    for bad in ("langevin:50", "euler:50:2", "langevin:fifty:2", "langevin:0:2"):
-        with pytest.raises(ValueError, match="setting"):
+    for bad in ("langevin:50", "euler:50:2", "langevin:fifty:2", "langevin:0:2", "ddim:20:2"):
+        with pytest.raises(ValueError, match=f"setting '{bad}'"):
             parse_setting(bad)
+    with pytest.raises(ValueError, match="types must be one of"):
+        parse_setting("langevin:50:2", "greedy")
 
 
 def test_summarise_gives_mean_and_spread_over_seeds():

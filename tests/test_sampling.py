@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -12,19 +13,21 @@ from tvcsp import cli, tasks
 from tvcsp.checkpoint import save_model
 from tvcsp.geometry import batch_index, frac_to_cart, lattice_params_to_matrix, minimum_image_diff
 from tvcsp.sampling import (
+    CDVAE_SAMPLER,
+    FAST_SAMPLER,
     CompositionKeeper,
+    SamplerSettings,
     checked_lattice,
     composition_sample,
     decode,
     langevin,
     make_generator,
     sigma_ladder,
-    steps_per_sample,
 )
 from tvcsp.tasks import RunMismatchError, generate, load_samples, reconstruct, to_structures
-from tvcsp.vae import geometric_levels
+from tvcsp.vae import geometric_levels, reparameterise
 
-FAST = dict(n_step_each=2, min_sigma=8.0, progress=False)  # 2 levels (10 and 8.69 Å) × 2 steps
+FAST = SamplerSettings(n_step_each=2, min_sigma=8.0)  # 2 levels (10 and 8.69 Å) × 2 steps
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,8 @@ def test_langevin_with_an_analytic_score_converges_to_the_structure():
     init = torch.rand(target.shape, generator=make_generator(0))
     assert rms_to(init, target, lattice, num_atoms) > 0.5
     frac, types = langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1),
-                           init_frac=init, n_step_each=n_step_each, step_lr=5e-5, seed=0, progress=False)
+                           SamplerSettings(n_step_each=n_step_each, step_lr=5e-5), init_frac=init, seed=0,
+                           progress=False)
     # α = σ²/2 per step: the chain's stationary std per component is 1.15·σ_L, i.e. ≈ 0.02 Å in 3-d
     assert rms_to(frac, target, lattice, num_atoms) < 4 * sigmas[-1]
     assert torch.equal(types, target_types)
@@ -147,7 +151,8 @@ def test_noise_conditioned_langevin_tells_the_score_its_level():
     sigmas, n_step_each, seen = geometric_levels(1.0, 0.01, 10), 20, []
     score_fn = told_score(target, target_types, num_atoms, seen)
     frac, _ = langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1),
-                       n_step_each=n_step_each, step_lr=5e-5, seed=0, noise_conditioned=True, progress=False)
+                       SamplerSettings(n_step_each=n_step_each, step_lr=5e-5), seed=0, noise_conditioned=True,
+                       progress=False)
     assert len(seen) == 10 * n_step_each and all(s.shape == (2,) for s in seen)
     torch.testing.assert_close(torch.stack(seen[::n_step_each])[:, 0], sigmas.float())
     assert rms_to(frac, target, lattice, num_atoms) < 4 * sigmas[-1]
@@ -158,20 +163,19 @@ def test_ancestral_and_ddim_updates_on_a_thinned_ladder_end_on_the_clean_structu
     sigmas, seen = geometric_levels(10.0, 0.01, 50), []
     score_fn = told_score(target, target_types, num_atoms, seen)
     frac, types = langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1),
-                           n_step_each=1, num_levels=5, update="ancestral", seed=0, noise_conditioned=True,
-                           progress=False)
+                           SamplerSettings(n_step_each=1, num_levels=5, update="ancestral"), seed=0,
+                           noise_conditioned=True, progress=False)
     assert len(seen) == 5  # 5 decoder calls in all
     torch.testing.assert_close(torch.stack(seen)[:, 0], sigmas[[0, 12, 24, 37, 49]].float())
     assert rms_to(frac, target, lattice, num_atoms) < 1e-5 and torch.equal(types, target_types)
     seen.clear()
     frac, _ = langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1),
-                       n_step_each=1, num_levels=5, update="ddim", seed=0, noise_conditioned=True, progress=False)
+                       SamplerSettings(n_step_each=1, num_levels=5, update="ddim"), seed=0, noise_conditioned=True,
+                       progress=False)
     assert len(seen) == 5 and rms_to(frac, target, lattice, num_atoms) < 1e-5
-    with pytest.raises(ValueError, match="one step per level"):
-        langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, types, update="ddim", n_step_each=2,
-                 progress=False)
-    with pytest.raises(ValueError, match="update must be one of"):
-        langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, types, update="euler", progress=False)
+    with pytest.raises(ValueError, match="composition_prior needs the prior"):
+        langevin(score_fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, types,
+                 SamplerSettings(composition_prior=True), progress=False)
 
 
 def test_composition_keeper_keeps_counts_and_follows_the_logits():
@@ -198,7 +202,8 @@ def test_sigma_ladder_thins_evenly_and_counts_calls():
     assert torch.equal(sigma_ladder(sigmas, 2), sigmas[[0, 49]])
     assert sigma_ladder(sigmas, 1).tolist() == [10.0]
     assert torch.equal(sigma_ladder(sigmas, 3, min_sigma=1.0), sigmas[sigmas >= 1.0][[0, 8, 16]])
-    assert steps_per_sample(sigmas, 100) == 5000 and steps_per_sample(sigmas, 2, num_levels=10) == 20
+    assert CDVAE_SAMPLER.decoder_calls(sigmas) == 5000 and FAST_SAMPLER.decoder_calls(sigmas) == 100
+    assert SamplerSettings(n_step_each=2, num_levels=10).decoder_calls(sigmas) == 20
     with pytest.raises(ValueError, match="num_levels"):
         sigma_ladder(sigmas, 0)
 
@@ -208,10 +213,10 @@ def test_langevin_is_seeded_and_respects_forced_types_and_inactive_crystals():
     sigmas = geometric_levels(1.0, 0.01, 4)
     init_types, init = torch.full((6,), 1), torch.rand(6, 3, generator=make_generator(3))
 
-    def run(**kwargs):
+    def run(min_sigma=0.0, **kwargs):
         fn = analytic_score(target, target_types, sigmas, 3, num_atoms)
-        return langevin(fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, init_types, init_frac=init,
-                        n_step_each=3, progress=False, **kwargs)
+        return langevin(fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, init_types,
+                        SamplerSettings(n_step_each=3, min_sigma=min_sigma), init_frac=init, progress=False, **kwargs)
 
     a, b = run(seed=5), run(seed=5)
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], run(seed=6)[0])
@@ -221,7 +226,7 @@ def test_langevin_is_seeded_and_respects_forced_types_and_inactive_crystals():
     # min_sigma skips the small levels: 2 of 4 levels → the chain is still far from the target
     frac, _ = run(seed=5, min_sigma=0.2)
     assert rms_to(frac, target, lattice, num_atoms) > 0.05
-    assert steps_per_sample(sigmas, 3, min_sigma=0.2) == 6
+    assert SamplerSettings(n_step_each=3, min_sigma=0.2).decoder_calls(sigmas) == 6
 
 
 def test_checked_lattice_flags_degenerate_cells():
@@ -236,15 +241,15 @@ def test_checked_lattice_flags_degenerate_cells():
 def test_decode_returns_float32_crystals(tiny):
     model, _ = tiny
     z = torch.randn(3, model.config.latent_dim, generator=make_generator(0))
-    out = decode(model, z, seed=0, **FAST)
+    out = decode(model, z, FAST, seed=0, progress=False)
     n = int(out["num_atoms"].sum())
     assert out["frac_coords"].shape == (n, 3) and out["atom_types"].shape == (n,)
     assert out["lengths"].dtype == out["angles"].dtype == out["frac_coords"].dtype == torch.float32
     assert torch.equal(out["num_atoms"], model.predict_num_atoms(z))
     assert ((out["atom_types"] >= 1) & (out["atom_types"] <= 100)).all()
-    again = decode(model, z, seed=0, **FAST)
+    again = decode(model, z, FAST, seed=0, progress=False)
     assert all(torch.equal(out[k], again[k]) for k in out)
-    bf16 = decode(model, z, seed=0, precision="bf16", **FAST)
+    bf16 = decode(model, z, dataclasses.replace(FAST, precision="bf16"), seed=0, progress=False)
     assert bf16["frac_coords"].dtype == torch.float32 and torch.isfinite(bf16["frac_coords"]).all()
 
 
@@ -259,14 +264,15 @@ def test_a_noise_conditioned_vae_trains_and_decodes(tmp_path):
     loss.backward()
     assert torch.isfinite(loss) and model.decoder.atom_latent_emb.weight.grad.abs().sum() > 0
     z = torch.randn(3, model.config.latent_dim, generator=make_generator(0))
-    out = decode(model.eval(), z, seed=0, **FAST)
+    out = decode(model.eval(), z, FAST, seed=0, progress=False)
     assert out["frac_coords"].shape == (int(out["num_atoms"].sum()), 3)
 
 
 def test_decode_can_keep_the_composition_it_starts_with(tiny):
     model, _ = tiny
     z = torch.randn(4, model.config.latent_dim, generator=make_generator(2))
-    out = decode(model, z, seed=0, keep_composition=True, n_step_each=3, min_sigma=1.0, progress=False)
+    out = decode(model, z, SamplerSettings(n_step_each=3, min_sigma=1.0, keep_composition=True), seed=0,
+                 progress=False)
     num_atoms = model.predict_num_atoms(z)
     start = composition_sample(torch.softmax(model.fc_composition(z).float(), -1), num_atoms, make_generator(0))
     split = num_atoms.tolist()
@@ -277,7 +283,7 @@ def test_decode_can_keep_the_composition_it_starts_with(tiny):
 def test_decode_survives_empty_crystals_and_bad_lattices(tiny, monkeypatch):
     model, _ = tiny
     z = torch.randn(3, model.config.latent_dim, generator=make_generator(1))
-    out = decode(model, z, num_atoms=torch.zeros(3, dtype=torch.long), seed=0, **FAST)
+    out = decode(model, z, FAST, num_atoms=torch.zeros(3, dtype=torch.long), seed=0, progress=False)
     assert out["frac_coords"].shape == (0, 3) and not out["valid_lattice"].any()
     lattice_from_scaled = model.lattice_from_scaled
 
@@ -287,7 +293,7 @@ def test_decode_survives_empty_crystals_and_bad_lattices(tiny, monkeypatch):
 
     monkeypatch.setattr(model, "lattice_from_scaled", broken)
     monkeypatch.setattr(model, "predict_num_atoms", lambda z: torch.tensor([3, 2, 0]))
-    out = decode(model, z, seed=0, **FAST)
+    out = decode(model, z, FAST, seed=0, progress=False)
     assert out["valid_lattice"].tolist() == [True, False, False]
     assert out["frac_coords"].shape == (5, 3) and torch.isfinite(out["frac_coords"]).all()
     assert to_structures({**{k: v[None] for k, v in out.items()}})[1:] == [None, None]
@@ -295,8 +301,8 @@ def test_decode_survives_empty_crystals_and_bad_lattices(tiny, monkeypatch):
 
 def test_reconstruct_writes_labelled_outputs(tiny, tmp_path):
     model, crystals = tiny
-    samples = reconstruct(model, crystals, tmp_path / "rec", batch_size=4, num_evals=2, sample_z=False, seed=1,
-                          checkpoint="model.pt", **FAST)
+    samples = reconstruct(model, crystals, tmp_path / "rec", FAST, batch_size=4, num_evals=2, sample_z=False, seed=1,
+                          checkpoint="model.pt", progress=False)
     n = len(crystals)
     assert samples["num_atoms"].shape == (2, n) and samples["lengths"].shape == (2, n, 3)
     assert samples["frac_coords"].shape[:2] == (2, int(samples["num_atoms"][0].sum()))
@@ -319,7 +325,7 @@ def test_reconstruct_writes_labelled_outputs(tiny, tmp_path):
 def test_generate_outputs_resume_and_settings_check(tiny, tmp_path, monkeypatch):
     model, _ = tiny
     out = tmp_path / "gen"
-    first = generate(model, 5, out, batch_size=2, seed=4, **FAST)
+    first = generate(model, 5, out, FAST, batch_size=2, seed=4, progress=False)
     assert first["num_atoms"].shape == (1, 5) and first["z"].shape == (5, model.config.latent_dim)
     structures = to_structures(load_samples(out))
     built = [i for i, s in enumerate(structures) if s is not None]
@@ -340,20 +346,20 @@ def test_generate_outputs_resume_and_settings_check(tiny, tmp_path, monkeypatch)
     (out / "batches" / "batch_00001.pt").unlink()
     calls = []
     monkeypatch.setattr(tasks, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
-    again = generate(model, 5, out, batch_size=2, seed=4, **FAST)
+    again = generate(model, 5, out, FAST, batch_size=2, seed=4, progress=False)
     assert len(calls) == 1  # only the deleted batch was decoded again
     assert all(torch.equal(first[k], again[k]) for k in first if k != "meta")
     assert len(json.loads((out / "meta.json").read_text())["provenance"]) == 2
     with pytest.raises(RunMismatchError, match="seed: 4 there, 5 now"):
-        generate(model, 5, out, batch_size=2, seed=5, **FAST)
+        generate(model, 5, out, FAST, batch_size=2, seed=5, progress=False)
     with pytest.raises(RunMismatchError, match="n_step_each"):
-        generate(model, 5, out, batch_size=2, seed=4, **{**FAST, "n_step_each": 3})
+        generate(model, 5, out, dataclasses.replace(FAST, n_step_each=3), batch_size=2, seed=4, progress=False)
 
 
 def test_generation_with_empty_crystals_writes_what_it_can(tiny, tmp_path, monkeypatch):
     model, _ = tiny
     monkeypatch.setattr(model, "predict_num_atoms", lambda z: torch.arange(z.shape[0]) % 3)  # 0, 1, 2, 0, …
-    samples = generate(model, 4, tmp_path / "gen", batch_size=4, **FAST)
+    samples = generate(model, 4, tmp_path / "gen", FAST, batch_size=4, progress=False)
     assert samples["num_atoms"][0].tolist() == [0, 1, 2, 0]
     skipped = json.loads((tmp_path / "gen" / "cif" / "skipped.json").read_text())
     assert {s["index"] for s in skipped if s["reason"] == "no atoms"} == {0, 3}
@@ -383,6 +389,122 @@ def test_cli_generate_and_reconstruct(tiny, tmp_path, monkeypatch):
     assert gen["metrics"]["coverage"]["n_reference"] == len(crystals)
 
 
+FAST_LIKE = dataclasses.replace(FAST_SAMPLER, num_levels=5)  # 10 decoder calls
+CDVAE_LIKE = dataclasses.replace(CDVAE_SAMPLER, n_step_each=3, num_levels=4)  # 12 decoder calls
+PRIOR_LIKE = SamplerSettings(n_step_each=2, num_levels=3, composition_prior=True)
+RECORDED = {  # checksum() of outputs recorded at commit e60eabe, before the sampler settings became one object
+    "decode fast": (8, 1354, 8.743676075711846, 28.810923099517822),
+    "decode cdvae": (8, 3105, 12.069739192724228, 28.810923099517822),
+    "decode prior": (8, 1677, 11.756074227392673, 28.810923099517822),
+    "reconstruct fast": (52, 65185, 81.79349399637431, 116.49229288101196),
+    "reconstruct cdvae": (52, 79112, 78.2866020812944, 116.49229288101196),
+    "generate fast": (32, 31728, 52.926493518054485, 70.77815961837769),
+    "generate cdvae": (32, 29912, 45.40663175005466, 70.77815961837769),
+}
+RECORDED_RUN_SETTINGS = {  # meta.json "settings" of the generation run with FAST_LIKE (less the model hash)
+    "task": "generation", "dataset": None, "n": 5, "batch_size": 2, "seed": 4, "num_evals": 2, "n_step_each": 2,
+    "step_lr": 0.0001, "min_sigma": 0.0, "num_levels": 5, "update": "ancestral", "keep_composition": True,
+    "precision": "32", "prior": "normal",  # the prior label came later (a run without it resumes as "normal")
+}
+
+
+def checksum(out: dict) -> tuple:
+    """(atoms, position-weighted sum of the types, Σ fractional coordinates, Σ lattice lengths) of decoded crystals."""
+    types = out["atom_types"].flatten()
+    return (int(out["num_atoms"].sum()), int((types * torch.arange(1, types.numel() + 1)).sum()),
+            float(out["frac_coords"].double().sum()), float(out["lengths"].double().sum()))
+
+
+def assert_recorded(out: dict, name: str) -> None:
+    """Counts and types exactly as recorded; the float sums to 1e-6 (exact on the recording machine, room for
+    another BLAS build elsewhere)."""
+    atoms, types, frac, lengths = RECORDED[name]
+    got = checksum(out)
+    assert got[:2] == (atoms, types), name
+    assert got[2:] == pytest.approx((frac, lengths), rel=1e-6), name
+
+
+def test_decode_gives_the_recorded_crystals(tiny):
+    model, _ = tiny
+    z = torch.randn(4, model.config.latent_dim, generator=make_generator(0))
+    for name, sampler in (("fast", FAST_LIKE), ("cdvae", CDVAE_LIKE), ("prior", PRIOR_LIKE)):
+        assert_recorded(decode(model, z, sampler, seed=0, progress=False), f"decode {name}")
+
+
+def test_reconstruct_and_generate_give_the_recorded_crystals_and_run_settings(tiny, tmp_path):
+    model, crystals = tiny
+    for name, sampler in (("fast", FAST_LIKE), ("cdvae", CDVAE_LIKE)):
+        samples = reconstruct(model, crystals, tmp_path / f"rec_{name}", sampler, batch_size=4, num_evals=2, seed=1,
+                              progress=False)
+        assert_recorded(samples, f"reconstruct {name}")
+        samples = generate(model, 5, tmp_path / f"gen_{name}", sampler, batch_size=2, num_evals=2, seed=4,
+                           progress=False)
+        assert_recorded(samples, f"generate {name}")
+    settings = json.loads((tmp_path / "gen_fast" / "meta.json").read_text())["settings"]
+    assert {k: v for k, v in settings.items() if k != "model"} == RECORDED_RUN_SETTINGS
+
+
+def test_sampler_settings_are_checked_serialised_and_named():
+    assert SamplerSettings.preset("cdvae") == CDVAE_SAMPLER == SamplerSettings()
+    assert SamplerSettings.preset("fast") == FAST_SAMPLER
+    assert (FAST_SAMPLER.update, FAST_SAMPLER.n_step_each, FAST_SAMPLER.keep_composition) == ("ancestral", 2, True)
+    assert SamplerSettings.from_dict(json.loads(json.dumps(FAST_SAMPLER.to_dict()))) == FAST_SAMPLER
+    assert SamplerSettings.from_dict({"n_step_each": 2}) == SamplerSettings(n_step_each=2)  # the rest: defaults
+    bad = {"update": ("euler", "update must be one of"), "precision": ("16", "precision must be one of"),
+           "n_step_each": (0, "n_step_each must be a positive integer"), "num_levels": (2.5, "num_levels"),
+           "keep_composition": ("False", "keep_composition must be True or False"),
+           "composition_prior": (1, "composition_prior"), "step_lr": (0.0, "step_lr must be a positive number"),
+           "min_sigma": (float("nan"), "min_sigma")}
+    for name, (value, message) in bad.items():
+        with pytest.raises(ValueError, match=message) as err:
+            SamplerSettings(**{name: value})
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="one step per level"):
+        SamplerSettings(update="ddim")
+    with pytest.raises(ValueError, match=r"unknown SamplerSettings keys: \['seed'\]"):
+        SamplerSettings.from_dict({"n_step_each": 2, "seed": 0})
+    with pytest.raises(ValueError, match="unknown sampler preset 'slow'"):
+        SamplerSettings.preset("slow")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FAST_SAMPLER.n_step_each = 3
+
+
+@torch.no_grad()
+def test_decode_is_langevin_on_the_model_heads_with_the_same_settings(tiny):
+    model, _ = tiny
+    z = torch.randn(4, model.config.latent_dim, generator=make_generator(0))
+    for sampler in (FAST_LIKE, CDVAE_LIKE, PRIOR_LIKE):
+        out = decode(model, z, sampler, seed=0, progress=False)
+        generator = make_generator(0)
+        num_atoms = model.predict_num_atoms(z)
+        lengths, angles = model.lattice_from_scaled(model.fc_lattice(z), num_atoms)
+        lattice, valid = checked_lattice(lengths.float(), angles.float())
+        log_p = torch.log_softmax(model.fc_composition(z).float(), -1)
+        init_types = composition_sample(log_p.exp(), num_atoms, generator)
+        bias = log_p if sampler.composition_prior else None
+        frac, types = langevin(model.decoder, z, num_atoms, lattice, model.sigmas, init_types, sampler,
+                               generator=generator, active=valid, type_bias=bias, progress=False)
+        assert torch.equal(out["frac_coords"], frac.float()) and torch.equal(out["atom_types"], types)
+
+
+def test_a_run_records_the_composition_prior_only_when_it_is_on(tiny, tmp_path):
+    model, _ = tiny
+    generate(model, 2, tmp_path, PRIOR_LIKE, progress=False)
+    assert json.loads((tmp_path / "meta.json").read_text())["settings"]["composition_prior"] is True
+    with pytest.raises(RunMismatchError, match="composition_prior: True there, None now"):
+        generate(model, 2, tmp_path, dataclasses.replace(PRIOR_LIKE, composition_prior=False), progress=False)
+
+
+def test_reparameterise_draws_from_the_generator_or_the_global_one():
+    mu, logvar = torch.tensor([[0.0, 1.0], [2.0, -1.0]]), torch.log(torch.tensor([[4.0, 0.25], [1.0, 9.0]]))
+    expected = mu + torch.exp(0.5 * logvar) * torch.randn(2, 2, generator=make_generator(3))
+    assert torch.equal(reparameterise(mu, logvar, make_generator(3)), expected)
+    torch.manual_seed(7)
+    drawn = reparameterise(mu, logvar)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
+
+
 @pytest.mark.slow
 def test_langevin_compiled_score_matches_eager():
     lattice, num_atoms, target, target_types = toy_structure()
@@ -390,7 +512,7 @@ def test_langevin_compiled_score_matches_eager():
 
     def run(compile):
         fn = analytic_score(target, target_types, sigmas, 2, num_atoms)
-        return langevin(fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1), n_step_each=2,
-                        seed=0, compile=compile, progress=False)
+        return langevin(fn, torch.zeros(2, 1), num_atoms, lattice, sigmas, torch.full((6,), 1),
+                        SamplerSettings(n_step_each=2), seed=0, compile=compile, progress=False)
 
     assert torch.allclose(run(True)[0], run(False)[0], atol=1e-5)

@@ -278,3 +278,18 @@ def test_cosine_schedule_ends_the_budget_at_min_lr(toy, tmp_path):
     assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5)
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         make_configs(info, "quick", lr_schedule="linear")
+
+
+def test_paper_profile_takes_cdvae_training_settings_from_the_registry_entry():
+    from tvcsp.data import custom_dataset, get_dataset
+
+    def trained_with(dataset):
+        train_config = make_configs(dataset, "paper")[1]
+        return train_config.batch_size, train_config.teacher_forcing_max_epoch, train_config.max_epochs
+
+    assert trained_with("perov_5") == (512, 1500, 3500)
+    assert trained_with("carbon_24_reduced") == (256, 1000, 4000) and trained_with("mp_20") == (256, 500, 1500)
+    user = custom_dataset("mine", {"train": "train.csv"})
+    assert trained_with(user) == (512, 1500, 1000)  # TrainConfig's defaults, no guess from the name
+    assert trained_with(custom_dataset("mine", {"train": "train.csv"}, cdvae=get_dataset("mp_20").cdvae))[:2] == (
+        256, 500)

@@ -6,7 +6,9 @@
 * ``tvcsp evaluate DIR`` computes CDVAE's metrics of a reconstruction or generation run (docs/metrics.md) and writes
   them, labelled, to ``DIR/metrics.json``.
 
-Both sampling commands are resumable: rerun the same command to finish an interrupted run.
+Both sampling commands are resumable: rerun the same command to finish an interrupted run. Their sampler is a
+preset (``--sampler cdvae``, the default, or ``fast``) with any single setting changed by its option
+(docs/sampling.md#settings).
 
 A user error (a missing file or folder, an unknown dataset, an unreadable or foreign checkpoint, a run folder
 holding other settings or no finished run, bad data) prints one line ``tvcsp: error: ...`` on stderr and exits
@@ -16,14 +18,18 @@ with status 2; ``TVCSP_DEBUG=1`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
 from .data import SPLITS, DatasetInfo, get_dataset, load_split, load_stats
+from .sampling import PRECISIONS, SAMPLER_PRESETS, UPDATES, SamplerSettings
 
 USAGE_ERROR = 2  # exit status of every user error (as argparse's)
+SAMPLER_OPTIONS = ("n_step_each", "step_lr", "min_sigma", "num_levels", "update", "keep_composition",
+                   "composition_prior", "precision")  # SamplerSettings fields with a command-line option
 
 
 class CLIError(Exception):
@@ -97,11 +103,14 @@ def _device(name: str | None) -> str:
     return name
 
 
-def _sampler_kwargs(args: argparse.Namespace) -> dict:
-    return dict(batch_size=args.batch_size, num_evals=args.num_evals, n_step_each=args.n_step_each,
-                step_lr=args.step_lr, min_sigma=args.min_sigma, num_levels=args.num_levels, update=args.update,
-                keep_composition=args.keep_composition,
-                precision=args.precision, compile=args.compile,
+def _sampler(args: argparse.Namespace) -> SamplerSettings:
+    """The ``--sampler`` preset with every sampler option given on the command line."""
+    changes = {name: getattr(args, name) for name in SAMPLER_OPTIONS if getattr(args, name) is not None}
+    return dataclasses.replace(SamplerSettings.preset(args.sampler), **changes)
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    return dict(sampler=_sampler(args), batch_size=args.batch_size, num_evals=args.num_evals, compile=args.compile,
                 seed=args.seed, device=_device(args.device), checkpoint=str(args.checkpoint),
                 progress=not args.no_progress)
 
@@ -115,7 +124,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     from .checkpoint import load_model
     from .tasks import reconstruct
 
-    sampler = _sampler_kwargs(args)  # checks the device before anything is loaded
+    options = _run_options(args)  # checks the sampler and the device before anything is loaded
     stored = _checkpoint(args.checkpoint).get("dataset")
     label = args.dataset or stored
     info = _dataset(label, "" if args.dataset else f"{args.checkpoint}: the checkpoint", "; pass --dataset")
@@ -124,7 +133,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
         crystals = crystals.select(slice(0, args.limit))
     samples = reconstruct(load_model(args.checkpoint), crystals, args.out, sample_z=not args.use_mu,
                           force_num_atoms=args.force_num_atoms, force_atom_types=args.force_atom_types,
-                          dataset=label, split=args.split, **sampler)
+                          dataset=label, split=args.split, **options)
     _report(samples, args.out)
 
 
@@ -132,9 +141,9 @@ def _generate(args: argparse.Namespace) -> None:
     from .checkpoint import load_model
     from .tasks import generate
 
-    sampler = _sampler_kwargs(args)  # checks the device before anything is loaded
+    options = _run_options(args)  # checks the sampler and the device before anything is loaded
     label = _checkpoint(args.checkpoint).get("dataset")
-    samples = generate(load_model(args.checkpoint), args.n, args.out, dataset=label, prior=args.prior, **sampler)
+    samples = generate(load_model(args.checkpoint), args.n, args.out, dataset=label, prior=args.prior, **options)
     _report(samples, args.out)
     settings = samples["meta"]["settings"]
     if settings["prior"] == "learned":
@@ -228,17 +237,21 @@ def _add_sampler_options(parser: argparse.ArgumentParser, batch_size: int) -> No
     parser.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
     parser.add_argument("--batch-size", type=_positive, default=batch_size, help=f"crystals per batch ({batch_size})")
     parser.add_argument("--num-evals", type=_positive, default=1, help="Langevin runs per latent (1)")
-    parser.add_argument("--n-step-each", type=_positive, default=100, help="Langevin steps per noise level (100)")
-    parser.add_argument("--step-lr", type=float, default=1e-4, help="Langevin step size at the last level (1e-4)")
-    parser.add_argument("--min-sigma", type=float, default=0.0, help="skip noise levels below this σ in Å (0)")
-    parser.add_argument("--num-levels", type=_positive, default=None,
-                        help="visit only this many noise levels, evenly spaced (all 50)")
-    parser.add_argument("--update", choices=["langevin", "ancestral", "ddim"], default="langevin",
-                        help="langevin (CDVAE), ancestral (jump to the clean estimate, re-noise to the next level) "
-                             "or ddim (deterministic; one step per level)")
-    parser.add_argument("--keep-composition", action="store_true",
-                        help="types keep the composition head's element counts (CDVAE: the decoder's argmax)")
-    parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="decoder precision (32)")
+    parser.add_argument("--sampler", choices=list(SAMPLER_PRESETS), default="cdvae",
+                        help="preset: cdvae (Langevin, 100 steps × 50 levels = 5,000 decoder calls; the default) or "
+                             "fast (ancestral, 2 × 50 = 100 calls, compositions kept); the options below change it")
+    parser.add_argument("--n-step-each", type=_positive, help="steps per noise level (cdvae 100, fast 2)")
+    parser.add_argument("--step-lr", type=float, help="Langevin step size at the last level (1e-4)")
+    parser.add_argument("--min-sigma", type=float, help="skip noise levels below this σ in Å (0)")
+    parser.add_argument("--num-levels", type=_positive, help="visit this many noise levels, evenly spaced (all 50)")
+    parser.add_argument("--update", choices=UPDATES,
+                        help="langevin (cdvae), ancestral (fast: jump to the clean estimate, re-noise to the next "
+                             "level) or ddim (deterministic; one step per level)")
+    parser.add_argument("--keep-composition", action=argparse.BooleanOptionalAction,
+                        help="types keep the composition head's element counts (fast; cdvae: the decoder's argmax)")
+    parser.add_argument("--composition-prior", action=argparse.BooleanOptionalAction,
+                        help="add the composition head's log-probabilities to the decoder's type logits (off)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="decoder precision (32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")

@@ -19,18 +19,20 @@ import math
 
 import lightning as L
 import torch
-from torch_geometric.data import Batch
 
-from .data import CrystalDataset, CrystalTensors
-from .sampling import decode, make_generator
+from .data import CrystalBatches, CrystalTensors
+from .sampling import SamplerSettings, decode, make_generator
+from .vae import reparameterise
 
-__all__ = ["FAILURE_KINDS", "ProbeCallback", "denoising_by_level", "failure_kinds", "latent_usage",
+__all__ = ["FAILURE_KINDS", "PROBE_SAMPLER", "ProbeCallback", "denoising_by_level", "failure_kinds", "latent_usage",
            "probe_reconstruction", "two_sample_distance"]
 
 FAILURE_KINDS = ("no structure", "atom count", "composition", "positions", "sites")
 """Why a reconstruction does not match, the first that applies: no usable structure, the wrong number of atoms,
 the wrong composition, atoms not where the truth has them (even with every element made the same), or the
 right positions with the elements on the wrong sites."""
+PROBE_SAMPLER = SamplerSettings(n_step_each=10)
+"""The probe's default sampler: CDVAE's Langevin update and types, 10 steps per level (500 decoder calls)."""
 
 
 @contextlib.contextmanager
@@ -46,10 +48,8 @@ def _evaluating(model: torch.nn.Module):
 
 def _batches(model, crystals: CrystalTensors, batch_size: int):
     """PyG batches of ``crystals`` in order, on the model's device, with the model's scalers applied."""
-    items = CrystalDataset(crystals, model.scalers)
     device = next(model.parameters()).device
-    for start in range(0, len(crystals), batch_size):
-        yield Batch.from_data_list([items[i] for i in range(start, min(start + batch_size, len(crystals)))]).to(device)
+    return (batch.to(device) for batch in CrystalBatches(crystals, batch_size, model.scalers))
 
 
 def _same_composition(types_a, types_b) -> bool:
@@ -57,25 +57,24 @@ def _same_composition(types_a, types_b) -> bool:
 
 
 def probe_reconstruction(
-    model, crystals: CrystalTensors, *, latent: str = "sample", n_step_each: int = 10, step_lr: float = 1e-4,
-    composition_prior: bool = False, force_atom_types: bool = False, seed: int = 0, batch_size: int = 128,
-    workers: int | None = 1, num_levels: int | None = None, update: str = "langevin", keep_composition: bool = False,
+    model, crystals: CrystalTensors, sampler: SamplerSettings = PROBE_SAMPLER, *, latent: str = "sample",
+    force_atom_types: bool = False, seed: int = 0, batch_size: int = 128, workers: int | None = 1,
 ) -> dict:
     """Reconstruct ``crystals`` and score them with CDVAE's matcher (stol 0.5, angle_tol 10°, ltol 0.3).
 
     Args:
         model: a :class:`~tvcsp.vae.CrystalVAE`.
-        crystals: the probe set (keep it small: every crystal costs ``50 × n_step_each`` decoder calls).
+        crystals: the probe set (keep it small: each crystal costs ``sampler.decoder_calls(model.sigmas)`` calls).
+        sampler: the :class:`~tvcsp.sampling.SamplerSettings` (default :data:`PROBE_SAMPLER`).
         latent: ``'sample'`` decodes z = μ + σ·ε (CDVAE's reconstruction), ``'mu'`` decodes μ.
-        n_step_each, step_lr, composition_prior, num_levels, update, keep_composition: sampler settings (see
-            :func:`tvcsp.sampling.decode`).
         force_atom_types: decode with the true atom types and counts (isolates the coordinate score).
         seed: seeds ε and the sampler; workers: processes for the matcher (1 = in this process).
 
     Returns:
         ``match_rate``, ``rmse`` (CDVAE's rule), ``match_rate_no_validity``, ``natom_accuracy`` (decoded atom
         count right), ``composition_accuracy`` (decoded multiset of elements right), ``failures`` (unmatched
-        crystals by :func:`failure_kinds`; SMACT-invalid matches are not among them), ``n``, and the settings.
+        crystals by :func:`failure_kinds`; SMACT-invalid matches are not among them), ``n``, and the settings
+        (``latent``, ``force_atom_types``, ``seed`` and every field of ``sampler``).
     """
     from .metrics import evaluate_reconstruction
     from .tasks import to_structures
@@ -87,12 +86,10 @@ def probe_reconstruction(
     with _evaluating(model):
         for batch in _batches(model, crystals, batch_size):
             mu, logvar, _ = model.encode(batch, sample=False)
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + torch.exp(0.5 * logvar) * eps if latent == "sample" else mu
+            sampled = reparameterise(mu, logvar, generator)  # drawn for μ too: both see the same sampler noise
+            z = sampled if latent == "sample" else mu
             forced = {"num_atoms": batch.num_atoms, "atom_types": batch.atom_types} if force_atom_types else {}
-            out = decode(model, z, n_step_each=n_step_each, step_lr=step_lr, composition_prior=composition_prior,
-                         num_levels=num_levels, update=update, keep_composition=keep_composition, generator=generator,
-                         progress=False, **forced)
+            out = decode(model, z, sampler, generator=generator, progress=False, **forced)
             samples = {k: v.unsqueeze(0).cpu() for k, v in out.items()}
             samples.update({f"gt_{k}": getattr(batch, k).cpu()
                             for k in ("num_atoms", "lengths", "angles", "frac_coords", "atom_types")})
@@ -109,9 +106,7 @@ def probe_reconstruction(
         "match_rate_no_validity": metrics["match_rate_no_validity"],
         "natom_accuracy": sum(natom_ok) / max(len(natom_ok), 1),
         "composition_accuracy": sum(comp_ok) / max(len(comp_ok), 1),
-        "latent": latent, "n_step_each": n_step_each, "step_lr": step_lr, "num_levels": num_levels, "update": update,
-        "keep_composition": keep_composition,
-        "composition_prior": composition_prior, "force_atom_types": force_atom_types, "seed": seed,
+        "latent": latent, **sampler.to_dict(), "force_atom_types": force_atom_types, "seed": seed,
     }
 
 
@@ -251,11 +246,12 @@ class ProbeCallback(L.Callback):
 
     Args:
         probes: ``{name: CrystalTensors}``, e.g. ``{"train": 64 training crystals, "val": 64 validation ones}``.
-        every_n_epochs: how often; sampler: keyword arguments of :func:`probe_reconstruction`.
+        every_n_epochs: how often; options: keyword arguments of :func:`probe_reconstruction` (``sampler``,
+            ``latent``, ``seed`` …).
     """
 
-    def __init__(self, probes: dict[str, CrystalTensors], every_n_epochs: int = 10, **sampler):
-        self.probes, self.every, self.sampler = probes, every_n_epochs, sampler
+    def __init__(self, probes: dict[str, CrystalTensors], every_n_epochs: int = 10, **options):
+        self.probes, self.every, self.options = probes, every_n_epochs, options
         self.history: list[dict] = []
         self._last: dict[str, float] = {}
 
@@ -263,7 +259,7 @@ class ProbeCallback(L.Callback):
         model = module.inference_model
         row = {}
         for name, crystals in self.probes.items():
-            result = probe_reconstruction(model, crystals, **self.sampler)
+            result = probe_reconstruction(model, crystals, **self.options)
             row[f"probe_{name}_match_rate"] = result["match_rate"]
             row[f"probe_{name}_composition_accuracy"] = result["composition_accuracy"]
         usage = latent_usage(model, next(iter(self.probes.values())))

@@ -4,9 +4,10 @@ CDVAE's property optimisation task (docs/sampling.md#property-optimisation) with
 Shapes: ``B`` crystals or starting points, ``D`` latent size, ``S`` interpolation steps. Latents are float32
 tensors on the model's device; projections and labels are numpy / pandas on the CPU.
 
-Decoding uses a *fast* sampler by default (:data:`FAST_SAMPLER`: the ancestral update, 2 steps per noise level,
-100 decoder evaluations per crystal, compositions kept; docs/sampling.md). CDVAE's setting (:data:`CDVAE_SAMPLER`,
-100 Langevin steps per level, 5,000 evaluations) is what CDVAE's numbers use.
+Decoding uses a *fast* sampler by default (:data:`~tvcsp.sampling.FAST_SAMPLER`: the ancestral update, 2 steps per
+noise level, 100 decoder evaluations per crystal, compositions kept; docs/sampling.md). CDVAE's setting
+(:data:`~tvcsp.sampling.CDVAE_SAMPLER`, 100 Langevin steps per level, 5,000 evaluations) is what CDVAE's numbers
+use. Both are :class:`~tvcsp.sampling.SamplerSettings`, importable from here too.
 """
 
 from __future__ import annotations
@@ -18,32 +19,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
-from .data import CrystalDataset, CrystalTensors
-from .sampling import decode
+from .data import CrystalBatches, CrystalTensors, DatasetInfo, cdvae_settings
+from .sampling import CDVAE_SAMPLER, FAST_SAMPLER, SamplerSettings, decode
 from .tasks import to_structures
+from .vae import reparameterise
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
     from .vae import CrystalVAE
 
-__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "SR_THRESHOLDS", "OptimizationPath", "SuccessRates",
+__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "OptimizationPath", "SuccessRates",
            "crystal_labels", "crystal_valid", "decode_latents", "encode_posterior", "encode_split", "interpolate",
            "neighbourhood", "optimize_property", "predict_property", "project", "sr_thresholds", "success_rates"]
 
-FAST_SAMPLER = {"n_step_each": 2, "step_lr": 1e-4, "min_sigma": 0.0, "update": "ancestral", "keep_composition": True}
-"""Interactive decoding: 2 ancestral steps × 50 levels = 100 decoder evaluations per crystal (not CDVAE's setting)."""
-CDVAE_SAMPLER = {"n_step_each": 100, "step_lr": 1e-4, "min_sigma": 0.0}
-"""CDVAE's Langevin setting (docs/sampling.md#settings): 100 steps × 50 levels = 5,000 decoder evaluations per
-crystal."""
-SR_THRESHOLDS = {  # docs/metrics.md#success-rates: 5th, 10th, 15th percentile of the dataset's property (eV/atom)
-    "perov": (0.439248, 0.612024, 0.736461),
-    "carbon": (-154.527093, -154.458657, -154.442068),
-    "mp_20": (-3.17562, -2.82197, -2.52815),
-}
 
 
 # ------------------------------------------------------------------------------------------------ encoding
@@ -54,19 +45,21 @@ def encode_posterior(model: CrystalVAE, crystals: CrystalTensors, batch_size: in
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The posterior q(z | x) = N(μ, σ²) of every crystal: μ and log σ², each ``(B, D)``, on the model's device."""
     device = next(model.parameters()).device
-    loader = DataLoader(CrystalDataset(crystals, model.scalers), batch_size=batch_size)
-    parts = [model.encode(batch.to(device), sample=False)[:2] for batch in loader]
+    parts = [model.encode(batch.to(device), sample=False)[:2] for batch in CrystalBatches(crystals, batch_size,
+                                                                                          model.scalers)]
     return torch.cat([mu for mu, _ in parts]), torch.cat([logvar for _, logvar in parts])
 
 
 def encode_split(model: CrystalVAE, crystals: CrystalTensors, batch_size: int = 256, sample: bool = False,
                  seed: int = 0) -> torch.Tensor:
     """Latents ``(B, D)`` of every crystal: the means μ, or with ``sample`` z = μ + σ·ε (ε seeded by ``seed``)."""
-    mu, logvar = encode_posterior(model, crystals, batch_size)
-    if not sample:
-        return mu
-    generator = torch.Generator(device=mu.device).manual_seed(seed)
-    return mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for batch in CrystalBatches(crystals, batch_size, model.scalers):
+        mu, logvar, _ = model.encode(batch.to(device), sample=False)
+        out.append(reparameterise(mu, logvar, generator) if sample else mu)
+    return torch.cat(out)
 
 
 PROJECTIONS = ("pca", "tsne", "umap")
@@ -172,20 +165,19 @@ def predict_property(model: CrystalVAE, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_latents(model: CrystalVAE, z: torch.Tensor, sampler: dict | None = None, seed: int = 0,
+def decode_latents(model: CrystalVAE, z: torch.Tensor, sampler: SamplerSettings = FAST_SAMPLER, seed: int = 0,
                    shared_noise: bool = True, progress: bool = False) -> list[Structure | None]:
     """Decode latents ``(B, D)`` into pymatgen Structures (None where a crystal cannot be built).
 
-    ``sampler``: keyword arguments of :func:`tvcsp.sampling.decode` (default :data:`FAST_SAMPLER`).
+    ``sampler``: the :class:`~tvcsp.sampling.SamplerSettings` (default the fast sampler).
     ``shared_noise=True`` decodes each latent on its own with a generator seeded by ``seed``: the crystal is then
     a function of z alone (same point → same crystal; smooth interpolation strips). ``False`` decodes the batch
     at once with one generator (faster; the result of a latent depends on the rest of the batch).
     """
-    sampler = FAST_SAMPLER if sampler is None else sampler
     groups = [z[i : i + 1] for i in range(len(z))] if shared_noise else [z]
     structures = []
     for group in groups:
-        samples = decode(model, group, seed=seed, progress=progress, **sampler)
+        samples = decode(model, group, sampler, seed=seed, progress=progress)
         structures += to_structures({k: v.unsqueeze(0).cpu() for k, v in samples.items()})
     return structures
 
@@ -221,7 +213,7 @@ class OptimizationPath:
 
 
 def optimize_property(model: CrystalVAE, z0: torch.Tensor, steps: int = 5000, lr: float = 1e-3,
-                      decode_every: int = 555, decode_sets: bool = True, sampler: dict | None = None,
+                      decode_every: int = 555, decode_sets: bool = True, sampler: SamplerSettings = FAST_SAMPLER,
                       seed: int = 0, progress: bool = True) -> OptimizationPath:
     """CDVAE's "opt" task (docs/sampling.md#property-optimisation): Adam on z (model frozen) minimising
     mean(fc_property(z)) in standardised units; after step i, z is saved and decoded when i mod ``decode_every`` = 0 and
@@ -229,7 +221,7 @@ def optimize_property(model: CrystalVAE, z0: torch.Tensor, steps: int = 5000, lr
 
     CDVAE: ``z0`` = 100 sampled latents of the first test batch (or z ~ N(0, I)), 5,000 steps, lr 1e-3,
     decode_every 555 = 5000 // 9 → 11 decoded sets, decoded with :data:`CDVAE_SAMPLER`. Decoding here is batched
-    (``shared_noise=False``) with ``sampler`` (default :data:`FAST_SAMPLER`) and a generator seeded per set.
+    (``shared_noise=False``) with ``sampler`` (default the fast sampler) and a generator seeded per set.
     """
     if model.fc_property is None:
         raise ValueError("property optimisation needs a model trained with predict_property=True")
@@ -255,12 +247,11 @@ def optimize_property(model: CrystalVAE, z0: torch.Tensor, steps: int = 5000, lr
     return OptimizationPath(torch.stack(predicted).cpu(), decode_steps, torch.stack(saved).cpu(), structures)
 
 
-def sr_thresholds(dataset: str) -> tuple[float, float, float]:
-    """SR5/SR10/SR15 property thresholds of ``dataset`` (by name prefix: perov…, carbon…, mp_20…)."""
-    for prefix, values in SR_THRESHOLDS.items():
-        if dataset.startswith(prefix):
-            return values
-    raise KeyError(f"no success-rate thresholds for {dataset!r} (known prefixes: {sorted(SR_THRESHOLDS)})")
+def sr_thresholds(dataset: str | DatasetInfo) -> tuple[float, float, float]:
+    """SR5/SR10/SR15 property thresholds of a dataset with CDVAE's settings (:class:`~tvcsp.data.CDVAESettings`:
+    the 5th, 10th and 15th percentile of its property, eV/atom; the reduced variants share their dataset's); a
+    one-line ``KeyError`` for any other."""
+    return cdvae_settings(dataset, "success-rate thresholds").sr_thresholds
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """Quality against cost of the sampler (docs/sampling.md#quality-against-cost).
 
 A *setting* is ``update:levels:steps`` — ``langevin:50:100`` is CDVAE's protocol, 50 noise levels × 100 steps =
-5,000 decoder calls per crystal. :func:`quality_cost` reconstructs the same crystals (and, if asked, generates
-crystals from the prior) under every setting and seed, each in its own resumable run folder, and returns one row
-per (setting, seed); :func:`summarise` gives every setting's mean and seed-to-seed spread.
+5,000 decoder calls per crystal; with a type rule of :data:`TYPE_RULES` it makes a
+:class:`~tvcsp.sampling.SamplerSettings` (:func:`parse_setting`). :func:`quality_cost` reconstructs the same
+crystals (and, if asked, generates crystals from the prior) under every setting and seed, each in its own
+resumable run folder, and returns one row per (setting, seed); :func:`summarise` gives every setting's mean and
+seed-to-seed spread.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .sampling import UPDATES, steps_per_sample
+from .sampling import SamplerSettings
 
 __all__ = ["CDVAE_SETTING", "CURVE_SETTINGS", "TYPE_RULES", "parse_setting", "quality_cost", "setting_tag",
            "summarise"]
@@ -25,35 +27,38 @@ CURVE_SETTINGS = (CDVAE_SETTING, "langevin:50:40", "langevin:50:20", "langevin:5
 """5,000, 2,000, 1,000, 500, 250, 100 and 50 decoder calls per crystal, all with CDVAE's update and levels."""
 
 TYPE_RULES = {"cdvae": {}, "prior": {"composition_prior": True}, "kept": {"keep_composition": True}}
-"""How atom types are chosen at each step (see :func:`tvcsp.sampling.decode`): CDVAE's argmax, the argmax with the
-composition head's prior, or the composition head's rounded composition kept."""
+"""How atom types are chosen at each step, as :class:`~tvcsp.sampling.SamplerSettings` fields: CDVAE's argmax, the
+argmax with the composition head's prior, or the composition head's rounded composition kept."""
 
 RECONSTRUCTION_KEYS = ("match_rate", "rmse")
 GENERATION_KEYS = ("valid", "struct_valid", "comp_valid", "cov_recall", "cov_precision", "emd_density",
                    "emd_energy", "emd_n_elements")
 
 
-def parse_setting(text: str) -> dict:
-    """``update:levels:steps`` → ``{"update", "num_levels", "n_step_each"}``.
+def parse_setting(text: str, types: str = "cdvae") -> SamplerSettings:
+    """``update:levels:steps`` and a type rule of :data:`TYPE_RULES` → the sampler with that ``update``,
+    ``num_levels`` and ``n_step_each`` (the other fields CDVAE's).
 
     Raises:
-        ValueError: not three fields, not whole positive numbers, or an unknown update.
+        ValueError: an unknown type rule; not three fields, not whole numbers, or settings the sampler refuses
+            (an unknown update, a count below 1, DDIM with several steps per level).
     """
+    if types not in TYPE_RULES:
+        raise ValueError(f"types must be one of {tuple(TYPE_RULES)}, got {types!r}")
     try:
         update, levels, steps = text.split(":")
-        setting = {"update": update, "num_levels": int(levels), "n_step_each": int(steps)}
+        levels, steps = int(levels), int(steps)
     except ValueError:
         raise ValueError(f"setting {text!r}: expected update:levels:steps, e.g. {CDVAE_SETTING}") from None
-    if update not in UPDATES:
-        raise ValueError(f"setting {text!r}: update must be one of {UPDATES}")
-    if setting["num_levels"] < 1 or setting["n_step_each"] < 1:
-        raise ValueError(f"setting {text!r}: levels and steps must be positive")
-    return setting
+    try:
+        return SamplerSettings(update=update, num_levels=levels, n_step_each=steps, **TYPE_RULES[types])
+    except ValueError as err:
+        raise ValueError(f"setting {text!r}: {err}") from None
 
 
-def setting_tag(setting: dict) -> str:
-    """A folder-safe name, e.g. ``langevin_50x100``."""
-    return "{update}_{num_levels}x{n_step_each}".format(**setting)
+def setting_tag(sampler: SamplerSettings) -> str:
+    """A folder-safe name of a parsed setting, e.g. ``langevin_50x100``."""
+    return f"{sampler.update}_{sampler.num_levels}x{sampler.n_step_each}"
 
 
 def _generation_row(metrics: dict) -> dict:
@@ -95,29 +100,26 @@ def quality_cost(
     from .metrics import evaluate_generation, evaluate_reconstruction
     from .tasks import generate, reconstruct, to_structures
 
-    if types not in TYPE_RULES:
-        raise ValueError(f"types must be one of {tuple(TYPE_RULES)}, got {types!r}")
+    parsed = [parse_setting(s, types) for s in settings]
     if n_generate and reference is None:
         raise ValueError("n_generate needs a reference set to score the generated crystals against")
     if crystals is None and not n_generate:
         raise ValueError("nothing to measure: no crystals to reconstruct and n_generate = 0")
-    parsed = [parse_setting(s) for s in settings]
     split = "generation" if crystals is None else crystals.meta.get("split", "crystals")
     rows, out = [], Path(out)
     pairs = [(s, seed) for s in parsed for seed in seeds]
-    for setting, seed in tqdm(pairs, desc="settings × seeds", disable=not progress):
-        folder = out / f"{split}_{types}_{setting_tag(setting)}_seed{seed}"
+    for sampler, seed in tqdm(pairs, desc="settings × seeds", disable=not progress):
+        folder = out / f"{split}_{types}_{setting_tag(sampler)}_seed{seed}"
         saved = folder / "row.json"
         if saved.is_file():
             rows.append(json.loads(saved.read_text()))
             continue
-        options = {**setting, **TYPE_RULES[types], "batch_size": batch_size, "seed": seed, "progress": False}
-        row = {**setting, "types": types, "seed": seed,
-               "decoder_calls": steps_per_sample(model.sigmas, setting["n_step_each"],
-                                                 num_levels=setting["num_levels"])}
+        options = {"batch_size": batch_size, "seed": seed, "dataset": dataset, "progress": False}
+        row = {"update": sampler.update, "num_levels": sampler.num_levels, "n_step_each": sampler.n_step_each,
+               "types": types, "seed": seed, "decoder_calls": sampler.decoder_calls(model.sigmas)}
         if crystals is not None:
             start = time.perf_counter()
-            samples = reconstruct(model, crystals, folder / "reconstruction", dataset=dataset, **options)
+            samples = reconstruct(model, crystals, folder / "reconstruction", sampler, **options)
             seconds = time.perf_counter() - start
             metrics = evaluate_reconstruction(to_structures(samples), to_structures(samples, ground_truth=True),
                                               workers=workers, progress=False)
@@ -125,7 +127,7 @@ def quality_cost(
                        seconds_per_crystal=seconds / len(crystals))
         if n_generate:
             start = time.perf_counter()
-            generated = generate(model, n_generate, folder / "generation", dataset=dataset, **options)
+            generated = generate(model, n_generate, folder / "generation", sampler, **options)
             row["generation_seconds_per_crystal"] = (time.perf_counter() - start) / n_generate
             scores = evaluate_generation(to_structures(generated), reference, dataset, predict=predict,
                                          workers=workers, progress=False)

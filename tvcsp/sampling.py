@@ -1,5 +1,7 @@
 """Annealed Langevin decoding of latents into crystals (docs/sampling.md), built for GPU throughput.
 
+* :class:`SamplerSettings` — the sampler's choices in one object; presets :data:`CDVAE_SAMPLER` and
+  :data:`FAST_SAMPLER`.
 * :func:`composition_sample` — initial atom types from the composition head (rounding + residual draws).
 * :func:`langevin` — the annealed Langevin dynamics for any score function ``(z, frac, types, num_atoms,
   lattice) → (score, type_logits)``: the model's decoder, or an analytic score in tests.
@@ -17,7 +19,9 @@ Units: lattice lengths and Cartesian coordinates in Å, angles in degrees, coord
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,8 +32,9 @@ from .geometry import lattice_params_to_matrix
 if TYPE_CHECKING:
     from .vae import CrystalVAE
 
-__all__ = ["PRECISIONS", "UPDATES", "CompositionKeeper", "ScoreFn", "checked_lattice", "composition_sample", "decode",
-           "langevin", "make_generator", "sigma_ladder", "steps_per_sample"]
+__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PRECISIONS", "SAMPLER_PRESETS", "UPDATES", "CompositionKeeper",
+           "SamplerSettings", "ScoreFn", "checked_lattice", "composition_sample", "decode", "langevin",
+           "make_generator", "sigma_ladder"]
 
 ScoreFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``(z (B, D), frac (N, 3), types (N,), num_atoms (B,), lattice (B, 3, 3)) → (score (N, 3), logits (N, T))``."""
@@ -38,6 +43,99 @@ PRECISIONS = ("32", "bf16")
 UPDATES = ("langevin", "ancestral", "ddim")
 SAFE_CELL = 10.0  # Å, edge of the cubic stand-in cell for crystals whose predicted lattice is unusable
 MIN_RELATIVE_VOLUME = 1e-6  # V / (a·b·c) below this is treated as a singular lattice
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The sampler's choices (docs/sampling.md#settings): what decides the crystals a latent decodes to, apart
+    from the random source. The defaults are CDVAE's (:data:`CDVAE_SAMPLER`).
+
+    Not here, because they belong to a call: the seed or generator, forced atom counts and types, the device,
+    ``compile`` (how the decoder runs, not what it computes: a run may be resumed with or without it) and the
+    progress bar.
+
+    Attributes:
+        n_step_each: updates per visited noise level (1 with ``update='ddim'``).
+        step_lr: Langevin step size at the last level, α = step_lr·(σ/σ_L)² (unused by the other updates).
+        min_sigma: levels below this σ (Å) are skipped.
+        num_levels: visit this many of the remaining levels, evenly spaced (:func:`sigma_ladder`); ``None``: all.
+        update: ``'langevin'`` (CDVAE), ``'ancestral'`` or ``'ddim'`` (docs/sampling.md#the-update).
+        keep_composition: every crystal keeps the composition it starts with; the decoder's logits only decide
+            which atom is which element (:class:`CompositionKeeper`).
+        composition_prior: each step's types are argmax(decoder logits + log p(element | z)) with p from the
+            composition head, so an element the head rules out is never chosen (``False``: CDVAE's rule, the
+            decoder's argmax alone).
+        precision: ``'32'`` or ``'bf16'`` (autocast of the decoder call only).
+    """
+
+    n_step_each: int = 100
+    step_lr: float = 1e-4
+    min_sigma: float = 0.0
+    num_levels: int | None = None
+    update: str = "langevin"
+    keep_composition: bool = False
+    composition_prior: bool = False
+    precision: str = "32"
+
+    def __post_init__(self):
+        if self.update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {self.update!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not _is_count(self.n_step_each):
+            raise ValueError(f"n_step_each must be a positive integer, got {self.n_step_each!r}")
+        if self.num_levels is not None and not _is_count(self.num_levels):
+            raise ValueError(f"num_levels must be a positive integer or None, got {self.num_levels!r}")
+        for name in ("keep_composition", "composition_prior"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not _is_number(self.step_lr) or self.step_lr <= 0:
+            raise ValueError(f"step_lr must be a positive number, got {self.step_lr!r}")
+        if not _is_number(self.min_sigma) or self.min_sigma < 0:
+            raise ValueError(f"min_sigma must be a number ≥ 0 (Å), got {self.min_sigma!r}")
+        if self.update == "ddim" and self.n_step_each != 1:
+            raise ValueError(f"update='ddim' takes one step per level (got n_step_each={self.n_step_each}): "
+                             "choose the number of steps with num_levels")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable dict of every setting."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SamplerSettings:
+        """Inverse of :meth:`to_dict`; missing keys take the defaults, unknown keys are an error."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown SamplerSettings keys: {sorted(unknown)}")
+        return cls(**data)
+
+    @staticmethod
+    def preset(name: str) -> SamplerSettings:
+        """A named preset of :data:`SAMPLER_PRESETS`: ``'cdvae'`` or ``'fast'``."""
+        if name not in SAMPLER_PRESETS:
+            raise ValueError(f"unknown sampler preset {name!r}; known: {tuple(SAMPLER_PRESETS)}")
+        return SAMPLER_PRESETS[name]
+
+    def decoder_calls(self, sigmas: torch.Tensor) -> int:
+        """Decoder evaluations per crystal with the noise levels ``sigmas`` ``(L,)`` Å: visited levels ×
+        ``n_step_each`` (5,000 for CDVAE's sampler and 50 levels)."""
+        return sigma_ladder(sigmas, self.num_levels, self.min_sigma).numel() * self.n_step_each
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+CDVAE_SAMPLER = SamplerSettings()
+"""CDVAE's sampler: Langevin, 100 steps × 50 levels = 5,000 decoder calls per crystal, the decoder's argmax types."""
+FAST_SAMPLER = SamplerSettings(n_step_each=2, update="ancestral", keep_composition=True)
+"""tvcsp's fast sampler: ancestral, 2 steps × 50 levels = 100 decoder calls per crystal, compositions kept
+(docs/sampling.md#quality-against-cost: as good as CDVAE's on the shipped perov_5 model)."""
+SAMPLER_PRESETS = {"cdvae": CDVAE_SAMPLER, "fast": FAST_SAMPLER}
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -119,8 +217,6 @@ def checked_lattice(lengths: torch.Tensor, angles: torch.Tensor) -> tuple[torch.
 
 
 def _autocast(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -138,7 +234,7 @@ def sigma_ladder(sigmas: torch.Tensor, num_levels: int | None = None, min_sigma:
     return levels[index.unique()]
 
 
-def _step_constants(levels: torch.Tensor, step_lr: float, n_step_each: int, update: str,
+def _step_constants(levels: torch.Tensor, sampler: SamplerSettings,
                     last_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per step t of the chain: its level σ_t, drift factor and noise std (docs/sampling.md#the-update).
 
@@ -148,17 +244,12 @@ def _step_constants(levels: torch.Tensor, step_lr: float, n_step_each: int, upda
     noise (x moves to the clean estimate re-noised along the predicted noise, x̂₀ + σ_{t+1}·(x − x̂₀)/σ_t;
     one step per level).
     """
-    if update not in UPDATES:
-        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-    if update == "ddim" and n_step_each != 1:
-        raise ValueError(f"update='ddim' takes one step per level (got n_step_each={n_step_each}): "
-                         "choose the number of steps with num_levels")
-    sigma = levels.to(torch.float32).repeat_interleave(n_step_each)
-    if update == "langevin":
-        alpha = step_lr * (sigma / last_sigma) ** 2
+    sigma = levels.to(torch.float32).repeat_interleave(sampler.n_step_each)
+    if sampler.update == "langevin":
+        alpha = sampler.step_lr * (sigma / last_sigma) ** 2
         return sigma, alpha / sigma, torch.sqrt(2.0 * alpha)
     following = torch.cat([sigma[1:], sigma.new_zeros(1)])
-    if update == "ddim":
+    if sampler.update == "ddim":
         return sigma, sigma - following, torch.zeros_like(sigma)
     return sigma, sigma, following
 
@@ -210,46 +301,40 @@ def langevin(
     lattice: torch.Tensor,
     sigmas: torch.Tensor,
     init_types: torch.Tensor,
+    sampler: SamplerSettings = CDVAE_SAMPLER,
     *,
     init_frac: torch.Tensor | None = None,
-    n_step_each: int = 100,
-    step_lr: float = 1e-4,
-    min_sigma: float = 0.0,
-    num_levels: int | None = None,
-    update: str = "langevin",
     generator: torch.Generator | None = None,
     seed: int | None = None,
     active: torch.Tensor | None = None,
     force_types: bool = False,
-    keep_composition: bool = False,
     type_bias: torch.Tensor | None = None,
-    precision: str = "32",
     compile: bool = False,
     noise_conditioned: bool = False,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Annealed Langevin dynamics with a fixed lattice (docs/sampling.md#the-update).
 
-    For every visited level σ (:func:`sigma_ladder` of ``sigmas``, ``min_sigma``, ``num_levels``; descending),
-    ``n_step_each`` times: (ŝ, logits) = score_fn(z, f, types, N, L); x = f·L; x ← x + drift·ŝ + noise·η
-    (η ~ N(0, I₃), Cartesian Å); f ← (x·L⁺) mod 1; types ← argmax(logits + bias) + 1 unless ``force_types``.
-    ``update='langevin'`` (CDVAE): drift α/σ, noise √(2α), α = step_lr·(σ/σ_L)², σ_L = ``sigmas[-1]``.
-    ``update='ancestral'``: drift σ (jump to the decoder's clean estimate), noise = the next step's σ, none
-    after the last step. ``update='ddim'``: drift σ − σ', no noise (σ' the next level, 0 after the last).
+    For every visited level σ (:func:`sigma_ladder` of ``sigmas``, ``sampler.min_sigma``, ``sampler.num_levels``;
+    descending), ``sampler.n_step_each`` times: (ŝ, logits) = score_fn(z, f, types, N, L); x = f·L;
+    x ← x + drift·ŝ + noise·η (η ~ N(0, I₃), Cartesian Å); f ← (x·L⁺) mod 1; types ← argmax(logits + bias) + 1
+    unless ``force_types``. ``update='langevin'`` (CDVAE): drift α/σ, noise √(2α), α = step_lr·(σ/σ_L)²,
+    σ_L = ``sigmas[-1]``. ``update='ancestral'``: drift σ (jump to the decoder's clean estimate), noise = the next
+    step's σ, none after the last step. ``update='ddim'``: drift σ − σ', no noise (σ' the next level, 0 after
+    the last).
 
     Args:
         score_fn: see :data:`ScoreFn`; ŝ is unit-scale (the score estimate is ŝ/σ).
         z: ``(B, D)`` latents, passed through to ``score_fn``.
-        num_levels: visit only this many of the levels, evenly spaced (``None``: all).
         num_atoms: ``(B,)`` long; lattice: ``(B, 3, 3)`` Å, rows = vectors; sigmas: ``(L,)`` Å, descending.
         init_types: ``(N,)`` Z; init_frac: ``(N, 3)`` fractional, default uniform in [0, 1)³.
+        sampler: the :class:`SamplerSettings`. With ``keep_composition`` each crystal keeps the element counts
+            of ``init_types`` (:class:`CompositionKeeper`; ``type_bias`` is added to the logits first); with
+            ``composition_prior`` the caller passes the prior as ``type_bias`` (:func:`decode` does).
         generator / seed: random source on ``z.device`` (``seed`` used when no generator is given).
         active: ``(B,)`` bool, crystals to evolve (others keep their initial coordinates and types).
-        keep_composition: each crystal keeps the element counts of ``init_types``; the logits only decide which
-            atom gets which element (:class:`CompositionKeeper`; ``type_bias`` is added to the logits first).
         type_bias: ``(B, T)`` added to every atom's type logits before the argmax (``None``: CDVAE's rule, the
-            decoder's logits alone); see ``composition_prior`` of :func:`decode`.
-        precision: ``'32'`` or ``'bf16'`` (autocast of the ``score_fn`` call only).
+            decoder's logits alone).
         compile: wrap ``score_fn`` with :func:`torch.compile` (``dynamic=True``).
         noise_conditioned: also pass ``sigma=`` the current level, ``(B,)`` Å, to ``score_fn`` (a decoder with
             ``noise_embedding_dim > 0``).
@@ -258,23 +343,24 @@ def langevin(
     Returns:
         final fractional coordinates ``(N, 3)`` in [0, 1) (dtype of ``lattice``) and types ``(N,)`` long.
     """
-    device, n_total = z.device, init_types.shape[0]
+    if sampler.composition_prior and type_bias is None:
+        raise ValueError("composition_prior needs the prior as type_bias (decode passes the composition head's)")
+    device, n_total, n_step_each = z.device, init_types.shape[0], sampler.n_step_each
     generator = generator if generator is not None else make_generator(seed, device)
     frac = init_frac if init_frac is not None else torch.rand(
         n_total, 3, generator=generator, device=device, dtype=lattice.dtype)
     types = init_types.long()
-    levels = sigma_ladder(sigmas.to(device), num_levels, min_sigma)
-    if n_total == 0 or levels.numel() == 0 or n_step_each <= 0:
+    levels = sigma_ladder(sigmas.to(device), sampler.num_levels, sampler.min_sigma)
+    if n_total == 0 or levels.numel() == 0:
         return frac, types
-    step_sigma, drift, noise_std = _step_constants(levels, step_lr, n_step_each, update,
-                                                   sigmas.to(device, torch.float32)[-1])
+    step_sigma, drift, noise_std = _step_constants(levels, sampler, sigmas.to(device, torch.float32)[-1])
     batch = torch.repeat_interleave(torch.arange(num_atoms.numel(), device=device), num_atoms, output_size=n_total)
     lat_atom, inv_atom = lattice[batch], torch.linalg.pinv(lattice)[batch]  # (N, 3, 3)
     moving = None if active is None else active[batch]
     bias = None if type_bias is None else type_bias.to(device)[batch]
-    keeper = CompositionKeeper(types, batch, num_atoms) if keep_composition and not force_types else None
+    keeper = CompositionKeeper(types, batch, num_atoms) if sampler.keep_composition and not force_types else None
     fn = torch.compile(score_fn, dynamic=True) if compile else score_fn
-    autocast = _autocast(device, precision)
+    autocast = _autocast(device, sampler.precision)
     with tqdm(total=levels.numel(), desc="Langevin levels", disable=not progress, leave=False) as bar:
         for level in range(levels.numel()):
             for t in range(level * n_step_each, (level + 1) * n_step_each):
@@ -306,19 +392,12 @@ def langevin(
 def decode(
     model: CrystalVAE,
     z: torch.Tensor,
+    sampler: SamplerSettings = CDVAE_SAMPLER,
     *,
-    n_step_each: int = 100,
-    step_lr: float = 1e-4,
-    min_sigma: float = 0.0,
-    num_levels: int | None = None,
-    update: str = "langevin",
     num_atoms: torch.Tensor | None = None,
     atom_types: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
-    composition_prior: bool = False,
-    keep_composition: bool = False,
-    precision: str = "32",
     compile: bool = False,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
@@ -331,12 +410,10 @@ def decode(
 
     Args:
         model: the VAE (put it in eval mode first); z: ``(B, latent)`` on the model's device.
+        sampler: the :class:`SamplerSettings` (default CDVAE's). With ``keep_composition`` every crystal keeps
+            the composition it starts with (the composition head's, rounded by :func:`composition_sample`); with
+            ``composition_prior`` the composition head's log-probabilities are added to the decoder's logits.
         num_atoms: ``(B,)`` forced atom counts; atom_types: ``(Σ N_b,)`` forced types (kept fixed).
-        composition_prior: each step's types are argmax(decoder logits + log p(element | z)) with p from the
-            composition head, so an element the head rules out is never chosen (``False``: CDVAE's rule, the
-            decoder's argmax alone, which can swap an element for a chemically similar one).
-        keep_composition: every crystal keeps the composition it starts with (the composition head's, rounded
-            by :func:`composition_sample`); the decoder only decides which atom is which element.
         Other arguments as in :func:`langevin`.
 
     Returns:
@@ -355,19 +432,9 @@ def decode(
     else:
         init_types = atom_types.to(device).long()
     frac, types = langevin(
-        model.decoder, z, num_atoms, lattice, model.sigmas, init_types, n_step_each=n_step_each, step_lr=step_lr,
-        min_sigma=min_sigma, num_levels=num_levels, update=update, generator=generator, active=valid,
-        force_types=atom_types is not None, keep_composition=keep_composition,
-        type_bias=composition if composition_prior else None,
-        precision=precision, compile=compile,
-        noise_conditioned=model.decoder.config.noise_embedding_dim > 0, progress=progress,
+        model.decoder, z, num_atoms, lattice, model.sigmas, init_types, sampler, generator=generator, active=valid,
+        force_types=atom_types is not None, type_bias=composition if sampler.composition_prior else None,
+        compile=compile, noise_conditioned=model.decoder.config.noise_embedding_dim > 0, progress=progress,
     )
     return {"num_atoms": num_atoms, "lengths": lengths, "angles": angles, "frac_coords": frac.float(),
             "atom_types": types, "valid_lattice": valid}
-
-
-def steps_per_sample(sigmas: torch.Tensor, n_step_each: int, min_sigma: float = 0.0,
-                     num_levels: int | None = None) -> int:
-    """Decoder evaluations per crystal: visited levels × ``n_step_each`` (5,000 with CDVAE's defaults)."""
-    return sigma_ladder(sigmas, num_levels, min_sigma).numel() * n_step_each
-

@@ -30,9 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import model_fingerprint, provenance
+from .data import CrystalBatches, batch_ranges
 from .geometry import lattice_params_to_matrix
 from .prior import LatentPrior, resolve_prior, sample_latents
-from .sampling import PRECISIONS, UPDATES, decode, make_generator
+from .sampling import CDVAE_SAMPLER, SamplerSettings, decode, make_generator
+from .vae import reparameterise
 
 if TYPE_CHECKING:
     from .data import CrystalTensors
@@ -93,6 +95,8 @@ def _open_run(out: Path, settings: dict, labels: dict) -> dict:
     if path.is_file():
         meta = json.loads(path.read_text())
         saved = meta.get("settings", {})
+        if saved.get("task") == "generation":  # runs from before the prior label drew their latents from N(0, I)
+            saved.setdefault("prior", "normal")
         diff = {k: (saved.get(k), settings.get(k)) for k in saved.keys() | settings.keys()
                 if saved.get(k) != settings.get(k)}
         if diff:
@@ -106,14 +110,13 @@ def _open_run(out: Path, settings: dict, labels: dict) -> dict:
     return meta
 
 
-def _sampler_settings(n_step_each: int, step_lr: float, min_sigma: float, num_levels: int | None, update: str,
-                      keep_composition: bool, precision: str) -> dict:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if update not in UPDATES:
-        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-    return {"n_step_each": n_step_each, "step_lr": step_lr, "min_sigma": min_sigma, "num_levels": num_levels,
-            "update": update, "keep_composition": keep_composition, "precision": precision}
+def _sampler_record(sampler: SamplerSettings) -> dict:
+    """The sampler's entries in a run's settings: every field, ``composition_prior`` only when it is on (runs
+    written before it could be chosen have no such key and must still resume)."""
+    record = sampler.to_dict()
+    if not sampler.composition_prior:
+        del record["composition_prior"]
+    return record
 
 
 def prior_settings(prior: LatentPrior | None) -> dict:
@@ -172,10 +175,9 @@ def _assemble(parts: list[dict]) -> dict:
 
 
 def reconstruct(
-    model: CrystalVAE, crystals: CrystalTensors, out_dir: str | os.PathLike, *, batch_size: int = 256,
-    sample_z: bool = True, num_evals: int = 1, n_step_each: int = 100, step_lr: float = 1e-4, min_sigma: float = 0.0,
-    num_levels: int | None = None, update: str = "langevin", keep_composition: bool = False, precision: str = "32",
-    compile: bool = False, force_num_atoms: bool = False, force_atom_types: bool = False, seed: int = 0,
+    model: CrystalVAE, crystals: CrystalTensors, out_dir: str | os.PathLike, sampler: SamplerSettings = CDVAE_SAMPLER,
+    *, batch_size: int = 256, sample_z: bool = True, num_evals: int = 1, compile: bool = False,
+    force_num_atoms: bool = False, force_atom_types: bool = False, seed: int = 0,
     device: str | torch.device | None = None, dataset: str | None = None, split: str | None = None,
     checkpoint: str | None = None, progress: bool = True,
 ) -> dict:
@@ -183,53 +185,47 @@ def reconstruct(
 
     Args:
         model: a :class:`~tvcsp.vae.CrystalVAE`; crystals: a :class:`~tvcsp.data.CrystalTensors` split.
-        out_dir: run folder (see the module docstring); batch_size: crystals per batch (no shuffling).
+        out_dir: run folder (see the module docstring).
+        sampler: the :class:`~tvcsp.sampling.SamplerSettings` (default CDVAE's), recorded in the run's settings.
+        batch_size: crystals per batch (no shuffling).
         sample_z: z = μ + σ·ε as CDVAE does (docs/sampling.md#reconstruction); ``False`` decodes μ.
         force_num_atoms / force_atom_types: decode with the ground-truth N / types.
         dataset, split: labels (default from ``crystals.meta``); checkpoint: path label.
-        Sampler arguments as in :func:`tvcsp.sampling.decode`.
+        compile: as in :func:`tvcsp.sampling.decode` (not recorded: a run may be resumed either way).
 
     Returns:
         the :func:`load_samples` dict.
     """
-    from torch_geometric.data import Batch
-
-    from .data import CrystalDataset
-
     dataset = dataset or crystals.meta.get("dataset")
     split = split or crystals.meta.get("split")
-    items = CrystalDataset(crystals)
-    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, num_levels, update, keep_composition, precision)
+    batches = CrystalBatches(crystals, batch_size)
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:
-        index = range(b * batch_size, min((b + 1) * batch_size, len(crystals)))
-        batch = Batch.from_data_list([items[i] for i in index]).to(device)
+        batch = batches[b].to(device)
         mu, logvar, _ = model.encode(batch, sample=False)
-        noise = torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype)
-        z = mu + torch.exp(0.5 * logvar) * noise if sample_z else mu
+        sampled = reparameterise(mu, logvar, generator)  # drawn for μ too: both then see the same sampler noise
+        z = sampled if sample_z else mu
         forced = {"num_atoms": batch.num_atoms if force_num_atoms else None,
                   "atom_types": batch.atom_types if force_atom_types else None}
-        evals = [decode(model, z, generator=generator, compile=compile, progress=progress, **sampler, **forced)
+        evals = [decode(model, z, sampler, generator=generator, compile=compile, progress=progress, **forced)
                  for _ in range(num_evals)]
         gt = {f"gt_{k}": getattr(batch, k).cpu() for k in ("num_atoms", "lengths", "angles", "frac_coords",
                                                             "atom_types")}
         return {**_stack_evals(evals), "z": z.float().cpu(), **gt,
-                "material_ids": [crystals.material_ids[i] for i in index]}
+                "material_ids": [crystals.material_ids[i] for i in batches.ranges[b]]}
 
     settings = {"task": "reconstruction", "dataset": dataset, "split": split, "n": len(crystals),
                 "batch_size": batch_size, "seed": seed, "num_evals": num_evals, "sample_z": sample_z,
-                "force_num_atoms": force_num_atoms, "force_atom_types": force_atom_types, **sampler,
+                "force_num_atoms": force_num_atoms, "force_atom_types": force_atom_types, **_sampler_record(sampler),
                 "model": model_fingerprint(model)}
-    n_batches = -(-len(crystals) // batch_size)
     with torch.no_grad():
-        return _run(model, out_dir, settings, {"checkpoint": checkpoint}, n_batches, make_batch, device, progress)
+        return _run(model, out_dir, settings, {"checkpoint": checkpoint}, len(batches), make_batch, device, progress)
 
 
 def generate(
-    model: CrystalVAE, n: int, out_dir: str | os.PathLike, *, batch_size: int = 500, num_evals: int = 1,
-    n_step_each: int = 100, step_lr: float = 1e-4, min_sigma: float = 0.0, num_levels: int | None = None,
-    update: str = "langevin", keep_composition: bool = False, precision: str = "32", compile: bool = False,
-    seed: int = 0, prior: str | LatentPrior | None = None,
+    model: CrystalVAE, n: int, out_dir: str | os.PathLike, sampler: SamplerSettings = CDVAE_SAMPLER, *,
+    batch_size: int = 500, num_evals: int = 1, compile: bool = False, seed: int = 0,
+    prior: str | LatentPrior | None = None,
     device: str | torch.device | None = None, dataset: str | None = None, checkpoint: str | None = None,
     progress: bool = True,
 ) -> dict:
@@ -241,21 +237,20 @@ def generate(
     network calls per latent and fingerprint). Other arguments as in :func:`reconstruct`; ``dataset`` is a label
     (default: unlabelled).
     """
-    sampler = _sampler_settings(n_step_each, step_lr, min_sigma, num_levels, update, keep_composition, precision)
     chosen = resolve_prior(model, prior)
+    sizes = [len(r) for r in batch_ranges(n, batch_size)]
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:
-        size = min(batch_size, n - b * batch_size)
-        z = sample_latents(model, size, chosen, generator, device)
-        evals = [decode(model, z, generator=generator, compile=compile, progress=progress, **sampler)
+        z = sample_latents(model, sizes[b], chosen, generator, device)
+        evals = [decode(model, z, sampler, generator=generator, compile=compile, progress=progress)
                  for _ in range(num_evals)]
         return {**_stack_evals(evals), "z": z.cpu()}
 
     settings = {"task": "generation", "dataset": dataset, "n": n, "batch_size": batch_size, "seed": seed,
-                "num_evals": num_evals, **sampler, **prior_settings(chosen), "model": model_fingerprint(model)}
+                "num_evals": num_evals, **_sampler_record(sampler), **prior_settings(chosen),
+                "model": model_fingerprint(model)}
     with torch.no_grad():
-        return _run(model, out_dir, settings, {"checkpoint": checkpoint}, -(-n // batch_size), make_batch, device,
-                    progress)
+        return _run(model, out_dir, settings, {"checkpoint": checkpoint}, len(sizes), make_batch, device, progress)
 
 
 def load_samples(out_dir: str | os.PathLike) -> dict:

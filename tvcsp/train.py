@@ -107,17 +107,15 @@ SELECTION_METRICS = ("val_loss", "probe_val_match_rate")
 validation probe set (higher is better; needs the probe callback)."""
 
 
-CDVAE_TRAINING = {  # docs/model.md#training per dataset; epochs from the paper (paper Table 4)
-    "perov_5": dict(batch_size=512, teacher_forcing_max_epoch=1500),
-    "carbon_24": dict(batch_size=256, teacher_forcing_max_epoch=1000),
-    "mp_20": dict(batch_size=256, teacher_forcing_max_epoch=500),
-}
-
 PROFILES = ("quick", "cpu", "paper")
 
 
-def _base_name(info: DatasetInfo) -> str:
-    return next((name for name in CDVAE_TRAINING if info.name.startswith(name)), "perov_5")
+def _cdvae_training(info: DatasetInfo) -> dict:
+    """TrainConfig fields of CDVAE's per-dataset training (docs/model.md#training; ``info.cdvae``); none for a
+    dataset without CDVAE settings, which then trains with TrainConfig's defaults (perov_5's values)."""
+    if info.cdvae is None:
+        return {}
+    return {"batch_size": info.cdvae.batch_size, "teacher_forcing_max_epoch": info.cdvae.teacher_forcing_max_epoch}
 
 
 def choice_path(dataset: str) -> Path:
@@ -167,11 +165,10 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
         rbf = paper.rbf if paper else "gaussian"
     elif rbf == "auto":
         rbf = auto_rbf(info)
-    cdvae = CDVAE_TRAINING[_base_name(info)]
     if profile == "paper":
         encoder = EncoderConfig(rbf=rbf, cutoff=cutoff, max_neighbors=neighbors, latent_dim=64)
         vae = VAEConfig(encoder=encoder, decoder=DecoderConfig(), max_atoms=info.max_atoms or 20)
-        train = TrainConfig(dataset=info.name, max_epochs=paper.epochs if paper else 1000, **cdvae)
+        train = TrainConfig(dataset=info.name, max_epochs=paper.epochs if paper else 1000, **_cdvae_training(info))
     else:
         encoder = EncoderConfig(
             irreps_node="32x0e+8x1o+4x2e", irreps_head="8x0e+2x1o+1x2e", num_blocks=2, num_heads=4,
@@ -547,11 +544,13 @@ def train(
     callbacks = [checkpoints, LastCheckpoint(last, cfg.checkpoint_every_n_steps)]
     if cfg.probe_every_n_epochs > 0:
         from .diagnostics import ProbeCallback
+        from .sampling import SamplerSettings
 
         probes = {"train": _first(train_set, cfg.probe_size), "val": _first(val_set, cfg.probe_size)}
-        callbacks.insert(0, ProbeCallback(probes, cfg.probe_every_n_epochs, n_step_each=cfg.probe_n_step_each,
-                                          latent=cfg.probe_latent, composition_prior=cfg.probe_composition_prior,
-                                          keep_composition=cfg.probe_keep_composition, seed=cfg.seed))
+        sampler = SamplerSettings(n_step_each=cfg.probe_n_step_each, composition_prior=cfg.probe_composition_prior,
+                                  keep_composition=cfg.probe_keep_composition)
+        callbacks.insert(0, ProbeCallback(probes, cfg.probe_every_n_epochs, sampler=sampler, latent=cfg.probe_latent,
+                                          seed=cfg.seed))
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, max_time=cfg.max_time, accelerator=cfg.accelerator,
         devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision, gradient_clip_val=cfg.grad_clip_value,

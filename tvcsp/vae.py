@@ -20,7 +20,7 @@ from .decoder import DecoderConfig, GemNetTDecoder
 from .encoder import EncoderConfig, TransformerEncoder
 from .geometry import cart_to_frac, frac_to_cart, lattice_params_to_matrix, minimum_image_diff
 
-__all__ = ["CrystalVAE", "LossWeights", "NoiseSchedule", "VAEConfig", "geometric_levels"]
+__all__ = ["CrystalVAE", "LossWeights", "NoiseSchedule", "VAEConfig", "geometric_levels", "reparameterise"]
 
 NUM_TYPES = 100
 
@@ -116,6 +116,13 @@ def geometric_levels(begin: float, end: float, n: int) -> torch.Tensor:
     return torch.exp(torch.linspace(math.log(begin), math.log(end), n))
 
 
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A posterior sample z = μ + exp(½ log σ²)·ε, ε ~ N(0, I) from ``generator`` (torch's global one when
+    ``None``); ``mu`` and ``logvar`` ``(B, D)`` → ``(B, D)``."""
+    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * noise
+
+
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
     """CDVAE's ``build_mlp``: ``layers`` × (Linear → ReLU), then Linear to ``out_dim``."""
     mods: list[nn.Module] = []
@@ -179,7 +186,7 @@ class CrystalVAE(nn.Module):
         """(μ, log σ², z) of shape (B, latent); z = μ + σ·ε when ``sample`` else μ."""
         lattice = lattice_params_to_matrix(batch.lengths, batch.angles)
         mu, logvar = self.encoder(batch.atom_types, batch.frac_coords, lattice, batch.num_atoms)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
+        z = reparameterise(mu, logvar) if sample else mu
         return mu, logvar, z
 
     # -- heads ----------------------------------------------------------------------------------------------

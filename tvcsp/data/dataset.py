@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from .crystals import CACHE_FORMAT_VERSION, CrystalTensors
 from .files import home_dir, locate_split, sha256_file
@@ -17,7 +18,7 @@ from .registry import DatasetInfo, get_dataset
 from .scalers import Scalers, scaled_lattice
 from .stats import DatasetStats, compute_stats
 
-__all__ = ["CrystalDataset", "cache_dir", "load_split", "load_stats"]
+__all__ = ["CrystalBatches", "CrystalDataset", "batch_ranges", "cache_dir", "load_split", "load_stats"]
 
 
 def cache_dir() -> Path:
@@ -165,3 +166,27 @@ class CrystalDataset(torch.utils.data.Dataset):
             item.scaled_lattice = self.scalers.lattice.transform(lat).float()
             item.y_scaled = self.scalers.prop.transform(c.y[i : i + 1]).float()
         return item
+
+
+def batch_ranges(n: int, batch_size: int) -> list[range]:
+    """Consecutive index ranges of at most ``batch_size`` that cover ``range(n)`` in order (the last may be
+    shorter)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+class CrystalBatches(Sequence):
+    """``crystals`` in their order as PyG ``Batch`` objects of at most ``batch_size`` crystals, each built when
+    indexed (``batches[b]``, on the CPU) from :class:`CrystalDataset` items (with ``scalers``: the standardised
+    targets too). ``ranges[b]`` are the crystal indices of batch ``b``."""
+
+    def __init__(self, crystals: CrystalTensors, batch_size: int, scalers: Scalers | None = None):
+        self.items = CrystalDataset(crystals, scalers)
+        self.ranges = batch_ranges(len(crystals), batch_size)
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def __getitem__(self, b: int) -> Batch:
+        return Batch.from_data_list([self.items[i] for i in self.ranges[b]])

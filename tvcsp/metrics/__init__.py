@@ -24,7 +24,6 @@ from .fingerprints import (
     structure_fingerprint,
 )
 from .generation import (
-    COV_THRESHOLDS,
     DEFAULT_SEEDS,
     cov_thresholds,
     coverage,
@@ -43,7 +42,6 @@ from .validity import MIN_DISTANCE, MIN_VOLUME, composition_validity, reduced_co
 __all__ = [
     "COMP_SCALER_MEANS",
     "COMP_SCALER_STDS",
-    "COV_THRESHOLDS",
     "DEFAULT_SEEDS",
     "MATCHER_SETTINGS",
     "MIN_DISTANCE",

