@@ -93,7 +93,7 @@ def quality_cost(
     from tqdm.auto import tqdm
 
     from .metrics import evaluate_generation, evaluate_reconstruction
-    from .tasks import generate, reconstruct, to_structures
+    from .tasks import generate, reconstruct, to_crystal_arrays
 
     if types not in TYPE_RULES:
         raise ValueError(f"types must be one of {tuple(TYPE_RULES)}, got {types!r}")
@@ -119,7 +119,7 @@ def quality_cost(
             start = time.perf_counter()
             samples = reconstruct(model, crystals, folder / "reconstruction", dataset=dataset, **options)
             seconds = time.perf_counter() - start
-            metrics = evaluate_reconstruction(to_structures(samples), to_structures(samples, ground_truth=True),
+            metrics = evaluate_reconstruction(to_crystal_arrays(samples), to_crystal_arrays(samples, ground_truth=True),
                                               workers=workers, progress=False)
             row.update(n=len(crystals), **{k: metrics[k] for k in RECONSTRUCTION_KEYS},
                        seconds_per_crystal=seconds / len(crystals))
@@ -127,7 +127,7 @@ def quality_cost(
             start = time.perf_counter()
             generated = generate(model, n_generate, folder / "generation", dataset=dataset, **options)
             row["generation_seconds_per_crystal"] = (time.perf_counter() - start) / n_generate
-            scores = evaluate_generation(to_structures(generated), reference, dataset, predict=predict,
+            scores = evaluate_generation(to_crystal_arrays(generated), reference, dataset, predict=predict,
                                          workers=workers, progress=False)
             row.update(n_generated=n_generate, **_generation_row(scores))
         folder.mkdir(parents=True, exist_ok=True)
