@@ -28,7 +28,7 @@ from tvcsp.data import get_dataset, load_split
 from tvcsp.metrics import evaluate_crystals, evaluate_generation, reconstruction_metrics, write_metrics_json
 from tvcsp.metrics.property_model import energy_predictor
 from tvcsp.sampling import SamplerSettings
-from tvcsp.tasks import generate, reconstruct, to_structures
+from tvcsp.tasks import generate, reconstruct, to_crystal_arrays
 
 
 def reduced_formulas(crystals) -> list[str]:
@@ -57,8 +57,9 @@ def evaluate_reconstruction_split(model, crystals, train_formulas: set[str], arg
     samples = reconstruct(model, crystals, args.out / "reconstruction", sampler_settings(args),
                           batch_size=args.batch_size, seed=args.seed, dataset="perov_5", split="test",
                           checkpoint=str(args.model), progress=True)
-    pred = evaluate_crystals(to_structures(samples), workers=args.workers, desc="predictions")
-    truth = evaluate_crystals(to_structures(samples, ground_truth=True), workers=args.workers, desc="ground truth")
+    pred = evaluate_crystals(to_crystal_arrays(samples), workers=args.workers, desc="predictions")
+    truth = evaluate_crystals(to_crystal_arrays(samples, ground_truth=True), workers=args.workers,
+                              desc="ground truth")
     everything = reconstruction_metrics(pred, truth, workers=args.workers)
     novel = [i for i, f in enumerate(reduced_formulas(crystals)) if f not in train_formulas]
     unseen = reconstruction_metrics([pred[i] for i in novel], [truth[i] for i in novel], workers=args.workers)
@@ -99,8 +100,8 @@ def main() -> None:
                        seed=args.seed, dataset=info.name, checkpoint=str(args.model))
     reference = test_subset(test, args.reference_limit, args.seed)
     predict, skipped = energy_predictor(info.name)
-    gen = evaluate_generation(to_structures(samples), [reference.to_structure(i) for i in range(len(reference))],
-                              info.name, predict=predict, workers=args.workers, energy_skipped=skipped)
+    gen = evaluate_generation(to_crystal_arrays(samples), reference.to_crystal_arrays(), info.name, predict=predict,
+                              workers=args.workers, energy_skipped=skipped)
     timings["generation"] = time.perf_counter() - t0
     labels = {"dataset": info.label, "split": "test", "model": str(args.model), "n_reconstructed": len(crystals),
               "test_size": len(test), "n_generated": args.n_generate, "n_reference": len(reference),

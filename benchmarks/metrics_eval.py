@@ -21,7 +21,6 @@ from tvcsp.metrics import (
     cov_thresholds,
     evaluate_crystals,
     generation_metrics,
-    split_crystal_arrays,
     write_metrics_json,
 )
 
@@ -34,9 +33,7 @@ N_TARGET = 10_000
 
 def crystal_arrays_of(dataset: str, split: str, n: int | None, data_dir: str | None) -> list:
     crystals = load_split(dataset, split, data_dir=data_dir, progress=False)
-    crystals = crystals.select(slice(0, n))
-    return split_crystal_arrays(crystals.lengths, crystals.angles, crystals.num_atoms, crystals.atom_types,
-                                crystals.frac_coords)
+    return crystals.select(slice(0, n)).to_crystal_arrays()
 
 
 def energy_predictor(dataset: str):

@@ -7,7 +7,7 @@ absent). Cells: ``as_given`` (the CSV's CIF as parsed: what CDVAE's evaluation f
 ``canonical`` (Niggli-reduced, canonical orientation, docs/data.md#canonical-crystals: the cell the models were trained
 on).
 
-Reference (ENVIRONMENT.md, 300 rows each): MAE 0.037 / 0.0066 / 0.023 eV/atom, Pearson r > 0.99.
+Reference (docs/metrics.md#property-model, 300 rows each): MAE 0.037 / 0.0066 / 0.023 eV/atom, Pearson r > 0.99.
 Run: ``python benchmarks/property_model_check.py [--n 300] [--workers 2] [--datasets perov_5 carbon_24 mp_20]``.
 """
 

@@ -94,8 +94,7 @@ def main() -> None:
     if args.n_generate:
         test = test_subset(load_split(info, "test", progress=False), args.reference_limit, args.subset_seed)
         predict, skipped = energy_predictor(info.name)
-        reference = evaluate_crystals([test.to_structure(i) for i in range(len(test))], workers=args.workers,
-                                      progress=False)
+        reference = evaluate_crystals(test.to_crystal_arrays(), workers=args.workers, progress=False)
     common = dict(out=out, types=args.types, batch_size=args.batch_size, workers=args.workers, dataset=info.name)
     rows = [] if args.no_reconstruction else quality_cost(model, crystals, args.settings, args.seeds, **common)
     summary = summarise(rows)

@@ -14,6 +14,7 @@ from tvcsp.metrics import (
     COMP_SCALER_MEANS,
     COMP_SCALER_STDS,
     CrystalArrays,
+    EvalCrystal,
     composition_fingerprint,
     composition_validity,
     cov_thresholds,
@@ -26,6 +27,7 @@ from tvcsp.metrics import (
     generation_metrics,
     normalise_comp_fps,
     parallel_map,
+    property_emds,
     reconstruction_metrics,
     reduced_composition,
     split_crystal_arrays,
@@ -204,6 +206,78 @@ def test_cov_precision_counts_dropped_crystals(crystals):
     assert cov["n_generated_dropped"] == 2 and cov["cov_precision"] == pytest.approx(1 / 3)
     assert cov["cov_recall"] == 1.0
     assert coverage(gen[1:], crystals[:1], (0.2, 4.0))["cov_precision"] == 0.0
+
+
+def fingerprinted(struct: float, comp: float) -> EvalCrystal:
+    """A valid record whose structure fingerprint is ``struct`` along the first axis and whose composition
+    fingerprint is ``comp`` along the first axis *after* CDVAE's scaler, so that fingerprint distances are the
+    differences of these numbers."""
+    unit = np.eye(61)[0], np.eye(132)[0]
+    comp_fp = COMP_SCALER_MEANS + COMP_SCALER_STDS * comp * unit[1]
+    return EvalCrystal(np.array([11, 17]), None, None, (11, 17), (1, 1), True, True, comp_fp, struct * unit[0])
+
+
+# Reference R and generated G crystals as (struct, comp) positions. Nearest distances, by hand:
+#   G1 (0.1, 3.0):  struct 0.1, comp 3.0 | R1 (0, 0):   struct 0.1 (G1), comp 0 (G2, another crystal)
+#   G2 (0.5, 0.0):  struct 0.5, comp 0.0 | R2 (1, 0):   struct 0.5 (G2), comp 0 (G2)
+#   G3 (7.0, 10.):  struct 3.0, comp 10. | R3 (10, 20): struct 3.0 (G3), comp 10 (G3)
+#   G4 (0.15, 3.5): struct 0.15, comp 3.5
+ASYMMETRIC_REF = [(0.0, 0.0), (1.0, 0.0), (10.0, 20.0)]
+ASYMMETRIC_GEN = [(0.1, 3.0), (0.5, 0.0), (7.0, 10.0), (0.15, 3.5)]
+
+
+def test_coverage_of_asymmetric_sets_by_hand():
+    """(δ_struct, δ_comp) = (0.2, 4): G1 and G4 are within both (COV-P 2/4); only R1 is (COV-R 1/3: its nearest
+    structure is G1's, its nearest composition G2's). Swapping the thresholds to (4, 0.2) lets G2 in and G1, G4
+    out (COV-P 1/4) and R2 in (COV-R 2/3): swapping recall and precision, or the thresholds, fails."""
+    gen = [fingerprinted(*x) for x in ASYMMETRIC_GEN]
+    ref = [fingerprinted(*x) for x in ASYMMETRIC_REF]
+    cov = coverage(gen, ref, (0.2, 4.0))
+    assert cov["cov_recall"] == pytest.approx(1 / 3) and cov["cov_precision"] == pytest.approx(2 / 4)
+    assert cov["amsd_recall"] == pytest.approx((0.1 + 0.5 + 3.0) / 3)
+    assert cov["amsd_precision"] == pytest.approx((0.1 + 0.5 + 3.0 + 0.15) / 4)
+    assert cov["amcd_recall"] == pytest.approx((0.0 + 0.0 + 10.0) / 3)
+    assert cov["amcd_precision"] == pytest.approx((3.0 + 0.0 + 10.0 + 3.5) / 4)
+    swapped = coverage(gen, ref, (4.0, 0.2))
+    assert swapped["cov_recall"] == pytest.approx(2 / 3) and swapped["cov_precision"] == pytest.approx(1 / 4)
+    roles = coverage(ref, gen, (0.2, 4.0))  # reference and generated exchanged: recall and precision exchange
+    assert roles["cov_recall"] == pytest.approx(2 / 4) and roles["cov_precision"] == pytest.approx(1 / 3)
+
+
+def with_density(species: list[str], density: float) -> Structure:
+    """A cubic cell holding ``species`` (positions irrelevant here) scaled to ``density`` g/cm³ (∝ 1/a³)."""
+    frac = [[i / len(species)] * 3 for i in range(len(species))]
+    unit = Structure(Lattice.cubic(1.0), species, frac)
+    return Structure(Lattice.cubic((unit.density / density) ** (1 / 3)), species, frac)
+
+
+def record(structure: Structure | None, valid: bool = True) -> EvalCrystal:
+    """A hand-made record (fingerprints zero, validity as given) of a structure, or of nothing (``None``)."""
+    if structure is None:
+        return evaluate_crystal(None)
+    z = np.array(structure.atomic_numbers)
+    return EvalCrystal(z, structure, None if valid else "composition", *reduced_composition(z), valid, True,
+                       np.zeros(132), np.zeros(61))
+
+
+def test_property_emds_by_hand():
+    """1-D earth mover's distance = ∫|F_gen − F_ref| over the two empirical CDFs.
+
+    density: generated {1, 2} against reference {2, 4, 4} g/cm³: |½ − 0|·(2 − 1) + |1 − ⅓|·(4 − 2) = 11/6;
+    #elements: {1, 2} against {2, 3, 3}: ½·1 + ⅔·1 = 7/6. The invalid generated crystal (5 elements, 9 g/cm³)
+    and the reference crystal that was never constructed (0 elements) must not count."""
+    gen = [record(with_density(["Cu"], 1.0)), record(with_density(["Cu", "Zn"], 2.0)),
+           record(with_density(["Na", "Cl", "K", "Br", "O"], 9.0), valid=False)]
+    ref = [record(with_density(["Cu", "Zn"], 2.0)), record(with_density(["Cu", "Zn", "Al"], 4.0)),
+           record(with_density(["Mg", "Si", "O"], 4.0)), record(None)]
+    out = generation_metrics(gen, ref, (0.2, 4.0), n_samples=2, seeds=(0, 1))
+    density, n_elements = out["property_emd"]["density"], out["property_emd"]["n_elements"]
+    assert density["all_valid"] == pytest.approx(11 / 6, rel=1e-9)
+    assert n_elements["all_valid"] == pytest.approx(7 / 6, rel=1e-12)
+    # 2 of 2 valid crystals drawn per seed: the same sets, so the recipe gives the same distance, sd 0
+    assert density["sampled"] == pytest.approx([11 / 6] * 2, rel=1e-9) and density["sampled_sd"] == 0.0
+    direct = property_emds([c for c in gen if c.valid], ref, None)
+    assert direct["n_elements"]["all_valid"] == pytest.approx(7 / 6) and direct["density"]["sampled_mean"] is None
 
 
 def test_cov_thresholds():

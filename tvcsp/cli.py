@@ -4,7 +4,9 @@
 * ``tvcsp reconstruct CHECKPOINT --split test --out DIR`` encodes and decodes a split (docs/sampling.md#reconstruction);
 * ``tvcsp generate CHECKPOINT --n 10000 --out DIR`` decodes z ~ N(0, I) (docs/sampling.md#generation);
 * ``tvcsp evaluate DIR`` computes CDVAE's metrics of a reconstruction or generation run (docs/metrics.md) and writes
-  them, labelled, to ``DIR/metrics.json``.
+  them, labelled, to ``DIR/metrics.json``; it reads the run's crystals as arrays (``tasks.to_crystal_arrays``), so
+  the library's rules judge every crystal, unusable lattices included (``--novelty`` adds uniqueness and novelty
+  against the train split).
 
 Both sampling commands are resumable: rerun the same command to finish an interrupted run. Their sampler is a
 preset (``--sampler cdvae``, the default, or ``fast``) with any single setting changed by its option
@@ -205,29 +207,35 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .checkpoint import provenance
     from .metrics import evaluate_generation, evaluate_reconstruction, write_metrics_json
     from .metrics.property_model import energy_predictor
-    from .tasks import to_structures
+    from .tasks import to_crystal_arrays
 
     samples = _run_folder(args.folder)
     settings = samples["meta"]["settings"]
     info = _dataset(settings.get("dataset"), f"{args.folder}: the run")
-    predicted = to_structures(samples)
+    predicted = to_crystal_arrays(samples)
     if settings["task"] == "reconstruction":
-        metrics = evaluate_reconstruction(predicted, to_structures(samples, ground_truth=True), workers=args.workers)
+        metrics = evaluate_reconstruction(predicted, to_crystal_arrays(samples, ground_truth=True),
+                                          workers=args.workers)
         summary = f"match rate {metrics['match_rate']:.4f} (ceiling {metrics['ceiling']:.4f}), RMSE {metrics['rmse']}"
     else:
         reference = load_split(info, args.reference_split, data_dir=args.data_dir)
         if args.reference_limit is not None:
             reference = reference.select(slice(0, args.reference_limit))
+        train = load_split(info, "train", data_dir=args.data_dir).to_crystal_arrays() if args.novelty else None
         predict, skipped = (None, "energy EMD skipped: --no-energy") if args.no_energy else energy_predictor(info.name)
         if skipped and not args.no_energy:
             print(f"tvcsp: warning: {skipped}", file=sys.stderr)
-        metrics = evaluate_generation(predicted, [reference.to_structure(i) for i in range(len(reference))],
-                                      info.name, predict=predict, workers=args.workers, energy_skipped=skipped)
+        metrics = evaluate_generation(predicted, reference.to_crystal_arrays(), info.name, predict=predict,
+                                      workers=args.workers, energy_skipped=skipped, train_structures=train)
         v, c = metrics["validity"], metrics["coverage"]
         summary = (f"struct valid {v['struct_valid']:.4f}, comp valid {v['comp_valid']:.4f}, "
                    f"COV-R {c['cov_recall']:.4f}, COV-P {c['cov_precision']:.4f}")
+        if args.novelty:
+            summary += (f", uniqueness {metrics['uniqueness']['fraction']}, "
+                        f"novelty {metrics['novelty']['fraction']}")
     labels = {**settings, "dataset": info.label, "checkpoint": samples["meta"].get("checkpoint"),
-              "reference_split": args.reference_split, "reference_limit": args.reference_limit, **provenance()}
+              "reference_split": args.reference_split, "reference_limit": args.reference_limit,
+              **({"novelty_reference": "train"} if args.novelty else {}), **provenance()}
     path = write_metrics_json(f"{args.folder}/metrics.json", metrics, labels)
     print(f"{info.label} {settings['task']}: {summary} → {path}")
 
@@ -307,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--reference-split", choices=SPLITS, default="test", help="generation: reference set (test)")
     ev.add_argument("--reference-limit", type=_positive, help="generation: only the first N reference crystals")
     ev.add_argument("--no-energy", action="store_true", help="generation: skip the energy EMD (property model)")
+    ev.add_argument("--novelty", action="store_true",
+                    help="generation: also uniqueness and novelty against the train split (StructureMatcher)")
     ev.add_argument("--data-dir", help="folder holding <dataset>/<split>.csv[.gz] (searched first)")
     ev.add_argument("--workers", type=_positive, help="parallel processes (default: all cores)")
     ev.set_defaults(run=_evaluate)

@@ -98,7 +98,7 @@ def quality_cost(
     from tqdm.auto import tqdm
 
     from .metrics import evaluate_generation, evaluate_reconstruction
-    from .tasks import generate, reconstruct, to_structures
+    from .tasks import generate, reconstruct, to_crystal_arrays
 
     parsed = [parse_setting(s, types) for s in settings]
     if n_generate and reference is None:
@@ -121,7 +121,7 @@ def quality_cost(
             start = time.perf_counter()
             samples = reconstruct(model, crystals, folder / "reconstruction", sampler, **options)
             seconds = time.perf_counter() - start
-            metrics = evaluate_reconstruction(to_structures(samples), to_structures(samples, ground_truth=True),
+            metrics = evaluate_reconstruction(to_crystal_arrays(samples), to_crystal_arrays(samples, ground_truth=True),
                                               workers=workers, progress=False)
             row.update(n=len(crystals), **{k: metrics[k] for k in RECONSTRUCTION_KEYS},
                        seconds_per_crystal=seconds / len(crystals))
@@ -129,7 +129,7 @@ def quality_cost(
             start = time.perf_counter()
             generated = generate(model, n_generate, folder / "generation", sampler, **options)
             row["generation_seconds_per_crystal"] = (time.perf_counter() - start) / n_generate
-            scores = evaluate_generation(to_structures(generated), reference, dataset, predict=predict,
+            scores = evaluate_generation(to_crystal_arrays(generated), reference, dataset, predict=predict,
                                          workers=workers, progress=False)
             row.update(n_generated=n_generate, **_generation_row(scores))
         folder.mkdir(parents=True, exist_ok=True)

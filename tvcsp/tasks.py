@@ -13,6 +13,9 @@ A run writes into ``out_dir``:
 
 Each batch draws from its own generator seeded by (seed, batch index), so a resumed run equals an
 uninterrupted one (bit for bit on CPU). Only :func:`write_outputs` and :func:`to_structures` import pymatgen.
+
+Metrics read a run through :func:`to_crystal_arrays` (the crystals as sampled, judged by the metrics' own rules);
+:func:`to_structures` is for export and viewing.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = [
     "load_samples",
     "model_fingerprint",
     "reconstruct",
+    "to_crystal_arrays",
     "to_structures",
     "write_extxyz",
     "write_outputs",
@@ -273,6 +277,20 @@ def _crystals(samples: dict, eval_index: int, ground_truth: bool = False):
     for i in range(len(usable)):
         reason = "no atoms" if ptr[i + 1] == ptr[i] else None if usable[i] else "invalid lattice"
         yield i, reason, types[ptr[i]:ptr[i + 1]], frac[ptr[i]:ptr[i + 1]], lengths[i], angles[i]
+
+
+def to_crystal_arrays(samples: dict, eval_index: int = 0, ground_truth: bool = False) -> list:
+    """Every crystal of a run as :class:`~tvcsp.metrics.CrystalArrays`, exactly as sampled: unusable lattices and
+    empty crystals included, for the metrics to judge by CDVAE's rules (docs/metrics.md#evaluated-crystals; e.g.
+    composition validity from the atom types alone). This is what every metric of a run reads.
+
+    ``ground_truth=True`` gives the ``gt_*`` crystals of a reconstruction run instead.
+    """
+    from .metrics.crystal import split_crystal_arrays
+
+    keys = ("lengths", "angles", "num_atoms", "atom_types", "frac_coords")
+    arrays = [samples[f"gt_{k}"] if ground_truth else samples[k][eval_index] for k in keys]
+    return split_crystal_arrays(*arrays)
 
 
 def to_structures(samples: dict, eval_index: int = 0, ground_truth: bool = False) -> list:

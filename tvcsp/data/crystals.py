@@ -80,6 +80,12 @@ class CrystalTensors:
         lattice = Lattice.from_parameters(*self.lengths[i].tolist(), *self.angles[i].tolist())
         return Structure(lattice, self.atom_types[a].tolist(), self.frac_coords[a].numpy())
 
+    def to_crystal_arrays(self) -> list:
+        """Every crystal as :class:`~tvcsp.metrics.CrystalArrays` (the input of the metrics; no pymatgen)."""
+        from ..metrics.crystal import split_crystal_arrays
+
+        return split_crystal_arrays(self.lengths, self.angles, self.num_atoms, self.atom_types, self.frac_coords)
+
     @classmethod
     def concat(cls, parts: list[CrystalTensors], meta: dict | None = None) -> CrystalTensors:
         return cls(

@@ -1,7 +1,8 @@
 """CDVAE-faithful evaluation metrics over pymatgen Structures (docs/metrics.md), for any model's output.
 
 Entry points: :func:`evaluate_reconstruction` (match rate, RMSE, ceiling, match rate without the validity rule)
-and :func:`evaluate_generation` (validity, COV-R/COV-P, AMSD/AMCD, property EMDs, diversity);
+and :func:`evaluate_generation` (validity, COV-R/COV-P, AMSD/AMCD, property EMDs, diversity; with training
+crystals uniqueness and novelty, :func:`novelty_uniqueness`, and for real data :func:`held_out_novelty_uniqueness`);
 :func:`structures_from_arrays` turns batched model output into Structures; :func:`write_metrics_json` stores a
 result with its labels. Per-crystal work and the structure matcher run over a process pool (``workers``).
 """
@@ -10,6 +11,7 @@ from .crystal import (
     MIN_FINGERPRINT_VOLUME_PER_ATOM,
     CrystalArrays,
     EvalCrystal,
+    construct_structure,
     crystal_arrays,
     evaluate_crystal,
     evaluate_crystals,
@@ -33,6 +35,7 @@ from .generation import (
     property_emds,
     validity_fractions,
 )
+from .novelty import held_out_novelty_uniqueness, novelty_uniqueness
 from .parallel import parallel_map
 from .property_model import PropertyModel
 from .reconstruction import MATCHER_SETTINGS, evaluate_reconstruction, match_rms, reconstruction_metrics
@@ -52,6 +55,7 @@ __all__ = [
     "PropertyModel",
     "composition_fingerprint",
     "composition_validity",
+    "construct_structure",
     "cov_thresholds",
     "coverage",
     "crystal_arrays",
@@ -61,8 +65,10 @@ __all__ = [
     "evaluate_generation",
     "evaluate_reconstruction",
     "generation_metrics",
+    "held_out_novelty_uniqueness",
     "match_rms",
     "normalise_comp_fps",
+    "novelty_uniqueness",
     "parallel_map",
     "property_emds",
     "reconstruction_metrics",

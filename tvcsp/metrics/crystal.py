@@ -41,6 +41,7 @@ __all__ = [
     "CrystalArrays",
     "EvalCrystal",
     "Precision",
+    "construct_structure",
     "crystal_arrays",
     "evaluate_crystal",
     "evaluate_crystals",
@@ -166,6 +167,12 @@ def _construct(arrays: CrystalArrays, precision: Precision):
     return structure, None
 
 
+def construct_structure(arrays: CrystalArrays, precision: Precision = "float32"):
+    """The pymatgen ``Structure`` of one crystal, built from its lattice parameters in ``precision`` as every metric
+    builds it; ``None`` where it cannot be constructed (the construction rules of the module docstring)."""
+    return _construct(arrays, precision)[0]
+
+
 def _fingerprints(structure, z: np.ndarray):
     """``(comp_fp, struct_fp)``, or ``(None, None)`` when any site fingerprint raises."""
     try:
@@ -236,4 +243,4 @@ def structures_from_arrays(
     """pymatgen Structures from batched model output (see :func:`split_crystal_arrays`), built from lattice
     parameters in ``precision``; ``None`` where a crystal cannot be constructed (module docstring)."""
     arrays = split_crystal_arrays(lengths, angles, num_atoms, atom_types, frac_coords)
-    return [_construct(a, precision)[0] for a in arrays]
+    return [construct_structure(a, precision) for a in arrays]

@@ -15,6 +15,8 @@
   Without a predictor (e.g. CDVAE's property models unavailable offline) the energy EMD is ``None`` and
   ``settings["energy_skipped"]`` says why; every other metric is computed as usual.
 - Diversity: mean pairwise distance of normalised composition / raw structure fingerprints of the same samples.
+- With training crystals (``evaluate_generation(..., train_structures=...)``): uniqueness and novelty of the valid
+  generated crystals under StructureMatcher (:mod:`.novelty`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from scipy.stats import wasserstein_distance
 from ..data.registry import DatasetInfo, cdvae_settings
 from .crystal import EvalCrystal, Precision, evaluate_crystals
 from .fingerprints import normalise_comp_fps
+from .novelty import novelty_uniqueness
 
 __all__ = [
     "DEFAULT_SEEDS",
@@ -219,6 +222,7 @@ def evaluate_generation(
     workers: int | None = None,
     progress: bool = True,
     energy_skipped: str | None = None,
+    train_structures: Sequence | None = None,
 ) -> dict:
     """Generation metrics of generated crystals against a reference set (CDVAE: the test split).
 
@@ -227,6 +231,10 @@ def evaluate_generation(
     ``thresholds`` overrides the dataset's (δ_struct, δ_comp); ``energy_skipped`` is stored as the reason when
     ``predict`` is ``None`` (see :func:`tvcsp.metrics.property_model.energy_predictor`). Returns
     :func:`generation_metrics`' dict plus ``dataset`` and ``timings_s`` (wall-clock seconds per stage).
+
+    ``train_structures`` (Structures, :class:`~.crystal.CrystalArrays` or ``None`` entries: the training
+    split) adds ``uniqueness`` and ``novelty`` with their counts and ``matcher``
+    (:func:`~.novelty.novelty_uniqueness`) and the stage ``novelty`` to ``timings_s``.
     """
     thresholds = thresholds or cov_thresholds(dataset)
     t0 = time.perf_counter()
@@ -236,5 +244,9 @@ def evaluate_generation(
     t2 = time.perf_counter()
     out = generation_metrics(gen_c, ref_c, thresholds, predict=predict, n_samples=n_samples, seeds=seeds,
                              energy_skipped=energy_skipped)
-    timings = {"generated": t1 - t0, "reference": t2 - t1, "metrics": time.perf_counter() - t2}
+    t3 = time.perf_counter()
+    timings = {"generated": t1 - t0, "reference": t2 - t1, "metrics": t3 - t2}
+    if train_structures is not None:
+        out |= novelty_uniqueness(gen_c, train_structures, precision=precision, workers=workers, progress=progress)
+        timings["novelty"] = time.perf_counter() - t3
     return {"dataset": dataset, **out, "timings_s": timings}
