@@ -105,6 +105,40 @@ def test_resume_repeats_the_uninterrupted_run(toy, tmp_path):
     assert resumed.metrics["best_val_loss"] == pytest.approx(full.metrics["best_val_loss"], rel=1e-5)
 
 
+def test_resumed_run_probes_and_selects_as_the_uninterrupted_one(toy, tmp_path, monkeypatch):
+    """The probe callback's state is in the checkpoint: the resumed run probes on the same schedule (epochs 0, 2
+    and 5; without the state it probed again at its first validation, epoch 4) and selects the same checkpoint.
+    The match rates are set per epoch (epoch 4's the highest), so a probe out of schedule changes the choice."""
+    from tvcsp import diagnostics
+
+    rates, now = {0: 0.1, 2: 0.3, 4: 0.9, 5: 0.2}, {}
+    probe = diagnostics.ProbeCallback._probe
+
+    def probe_at_epoch(self, trainer, module):
+        now["epoch"] = trainer.current_epoch
+        return probe(self, trainer, module)
+
+    monkeypatch.setattr(diagnostics.ProbeCallback, "_probe", probe_at_epoch)
+    monkeypatch.setattr(diagnostics, "probe_reconstruction", lambda model, crystals, **kw: {
+        "match_rate": rates[now["epoch"]], "composition_accuracy": 1.0})
+    info, root = toy
+    settings = {**TINY, "max_epochs": 6, "probe_every_n_epochs": 3, "probe_size": 3,
+                "select_by": "probe_val_match_rate"}  # 2 steps an epoch
+    full = train(info, "quick", tmp_path / "full", data_dir=root, progress=False, **settings)
+    train(info, "quick", tmp_path / "part", data_dir=root, progress=False, **{**settings, "max_epochs": 4})
+    resumed = train(info, "quick", tmp_path / "part", resume=True, data_dir=root, progress=False, **settings)
+
+    def probes(run):
+        state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["ProbeCallback"]
+        return pd.DataFrame(state["history"])
+
+    assert probes(tmp_path / "full")[["epoch", "probe_val_match_rate"]].values.tolist() == [[0, 0.1], [2, 0.3],
+                                                                                           [5, 0.2]]
+    pd.testing.assert_frame_equal(probes(tmp_path / "part"), probes(tmp_path / "full"), rtol=1e-5)
+    selected = [torch.load(r.best_checkpoint, weights_only=True)["global_step"] for r in (full, resumed)]
+    assert selected == [6, 6]  # epoch 2's validation
+
+
 def test_training_run_writes_labelled_outputs_and_refuses_mismatched_resume(toy, tmp_path):
     info, root = toy
     result = train(info, "quick", tmp_path / "run", data_dir=root, progress=False, **TINY)
