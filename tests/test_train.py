@@ -157,13 +157,28 @@ def test_training_run_writes_labelled_outputs_and_refuses_mismatched_resume(toy,
         train(info, "quick", tmp_path / "run", data_dir=root, progress=False, **TINY)
     with pytest.raises(CheckpointMismatchError, match="model config differs"):
         train(info, "quick", tmp_path / "run", resume=True, rbf="bessel", data_dir=root, progress=False, **TINY)
-    # a checkpoint saved before a config field existed resumes as that field's default
+    with pytest.raises(CheckpointMismatchError, match=r"training settings differ in batch_size \(3 → 2\), which"):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False, **{**TINY, "batch_size": 2})
+    with pytest.raises(CheckpointMismatchError, match=r"differ in seed \(3 → 4\), train_subset \(None → 4\), "):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+              **{**TINY, "seed": 4, "train_subset": 4})
+    with pytest.raises(CheckpointMismatchError, match=r"lr_patience \(5 → 6\)"):  # plateau: its patience counts
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+              **{**TINY, "lr_patience": 6})
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)
+    assert state["tvcsp"]["world_size"] == 1
+    state["tvcsp"]["world_size"] = 2
+    torch.save(state, last)
+    with pytest.raises(CheckpointMismatchError, match="written by a run of 2 process"):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False, **TINY)
+    # a checkpoint saved before a config field existed resumes as that field's default; settings that leave the
+    # trajectory alone (budget, checkpoint frequency, probes when they do not select) may change
     del state["tvcsp"]["config"]["decoder"]["type_head_latent"], state["tvcsp"]["config"]["noise"]["type_shuffle"]
+    del state["tvcsp"]["train"]["kl_warmup_steps"], state["tvcsp"]["world_size"]
     torch.save(state, last)
     resumed = train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
-                    **{**TINY, "max_epochs": 3})
+                    **{**TINY, "max_epochs": 3, "checkpoint_every_n_steps": 7, "probe_size": 2})
     assert resumed.metrics["steps"] > summary["steps"]
 
 
@@ -283,7 +298,7 @@ def test_two_process_run_killed_mid_epoch_resumes_where_each_process_stopped(toy
     assert run_in_fresh_process(root, full, settings, timeout=240) == 0
     assert run_in_fresh_process(root, run, settings, kill_at=10, timeout=240) == -9
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["global_step"] == 8 and state["epoch"] == 2
+    assert state["global_step"] == 8 and state["epoch"] == 2 and state["tvcsp"]["world_size"] == 2
     assert run_in_fresh_process(root, run, settings, resume=True, timeout=240) == 0
     assert_resumed_run_repeats(full, run, last_step=23)
 
@@ -367,3 +382,10 @@ def test_cosine_schedule_ends_the_budget_at_min_lr(toy, tmp_path):
     assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5)
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         make_configs(info, "quick", lr_schedule="linear")
+    # the budget sets every step's lr: another one is another run, and a wall-clock budget cannot be repeated
+    with pytest.raises(CheckpointMismatchError, match=r"training settings differ in max_steps \(6 → 8\)"):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+              **{**settings, "max_steps": 8})
+    with pytest.raises(CheckpointMismatchError, match="cosine' over max_time follows the wall clock"):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+              **{**settings, "max_time": "00:00:10:00"})

@@ -95,6 +95,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """A stored config; fields added since it was saved take their defaults (which keep the behaviour of the
+        code that saved it)."""
+        return cls(**d)
+
 
 LR_SCHEDULES = ("plateau", "cosine")
 """``plateau``: CDVAE's ReduceLROnPlateau on the validation loss (factor ``lr_factor`` after ``lr_patience``
@@ -227,9 +233,11 @@ class TVCSPModule(L.LightningModule):
             average.copy_(buffer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint saved without a moving average (EMA switched on in a resumed run) starts it from its
-        weights; one saved with an average that this run does not keep (``ema_decay=0``) drops it, with a
-        warning, and continues from the trained weights."""
+        """A run resumes with as many processes as wrote its checkpoint (:meth:`check_processes`). A checkpoint
+        saved without a moving average (EMA switched on in a resumed run) starts it from its weights; one saved
+        with an average that this run does not keep (``ema_decay=0``) drops it, with a warning, and continues from
+        the trained weights."""
+        self.check_processes(checkpoint)
         state = checkpoint["state_dict"]
         averaged = [k for k in state if k.startswith("ema.")]
         if self.ema is not None and not averaged:
@@ -240,6 +248,16 @@ class TVCSPModule(L.LightningModule):
                           "the run's ema_decay to keep it)", stacklevel=2)
             for k in averaged:
                 del state[k]
+
+    def check_processes(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint written by another number of processes (``devices × num_nodes``; checkpoints that do
+        not record it come from one): each process's share of every epoch, and so of the interrupted one, depends on
+        it, and so does the batch of a step."""
+        saved, now = checkpoint.get("tvcsp", {}).get("world_size", 1), self.trainer.world_size
+        if saved != now:
+            raise CheckpointMismatchError(
+                f"{self.trainer.ckpt_path}: written by a run of {saved} process(es) (devices × num_nodes), resumed "
+                f"with {now}; resume with {saved} or start a new run_dir")
 
     def _seed(self, *keys: int) -> None:
         """Seed every generator from the run seed and ``keys`` (exact resume; distinct per DDP rank)."""
@@ -321,6 +339,7 @@ class TVCSPModule(L.LightningModule):
             "train": self.train_config.to_dict(),
             "stats": m.stats.to_dict(),
             "scalers": m.scalers.to_dict(),
+            "world_size": self.trainer.world_size,
             **provenance(),
         }
 
@@ -446,8 +465,56 @@ def _stored_config(meta: dict) -> dict:
     return VAEConfig.from_dict(meta["config"]).to_dict() if "config" in meta else {}
 
 
-def check_resumable(checkpoint: Path, vae: VAEConfig, dataset_label: str) -> None:
-    """Refuse to resume from a checkpoint whose model config or dataset differs from the requested run."""
+RESUME_FREE = (
+    "max_epochs", "max_steps", "max_time", "accelerator", "devices", "num_nodes", "num_workers", "tensorboard",
+    "checkpoint_every_n_steps", "ema_decay", "init_from",
+)
+"""TrainConfig fields a resumed run may change, field by field, as they leave its trajectory (the weights step by
+step, the validation numbers, the selected model) alone:
+
+* ``max_epochs``, ``max_steps``, ``max_time``: the budget, a longer or shorter run along the same path; except
+  under ``lr_schedule="cosine"``, whose lr at every step follows the budget (:func:`resume_settings`);
+* ``accelerator``, ``devices``, ``num_nodes``: the hardware; the number of processes they make, which does change
+  the trajectory, is compared on its own (:meth:`TVCSPModule.check_processes`; ``devices="auto"`` counts the
+  machine's devices);
+* ``num_workers``, ``tensorboard``, ``checkpoint_every_n_steps``: loading, logging, saving;
+* ``ema_decay``: a weight average may be switched on or off on purpose (:meth:`TVCSPModule.on_load_checkpoint`);
+* ``init_from``: read only when a run starts;
+* and, added by :func:`resume_settings`: ``lr_factor`` and ``lr_patience`` under the cosine schedule, which does
+  not read them; the ``probe_*`` settings (:data:`PROBE_SETTINGS`) unless ``select_by`` is a probe metric (they
+  shape the probe curve, not the weights).
+
+Every other field must match: ``dataset``, ``seed``, ``batch_size`` (the batches and the mid-epoch skip),
+``val_batch_size`` (the fixed validation noise is drawn per batch), ``lr``, ``lr_schedule``, ``min_lr``,
+``grad_clip_value``, ``val_every_n_epochs`` (when the plateau schedule steps and a model may be selected),
+``teacher_forcing_max_epoch``, ``precision``, ``train_subset``, ``val_subset``, ``coordination_sample`` (the
+statistics the model is built with), ``select_by`` and ``kl_warmup_steps``."""
+
+PROBE_SETTINGS = ("probe_every_n_epochs", "probe_size", "probe_n_step_each", "probe_latent",
+                  "probe_composition_prior", "probe_keep_composition")
+
+
+def resume_settings(cfg: TrainConfig) -> tuple[str, ...]:
+    """The TrainConfig fields a run resumed with ``cfg`` must share with its checkpoint (see :data:`RESUME_FREE`)."""
+    free = set(RESUME_FREE)
+    if cfg.lr_schedule == "cosine":
+        free = free - {"max_epochs", "max_steps", "max_time"} | {"lr_factor", "lr_patience"}
+    if cfg.select_by == "val_loss":
+        free |= set(PROBE_SETTINGS)
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in free)
+
+
+def check_resumable(checkpoint: Path, vae: VAEConfig, cfg: TrainConfig, dataset_label: str) -> None:
+    """Refuse to resume from a checkpoint whose dataset, model config or trajectory settings
+    (:func:`resume_settings`) differ from the requested run's, and a cosine schedule over ``max_time``.
+
+    Raises:
+        CheckpointMismatchError: a one-line message naming what differs.
+    """
+    if cfg.lr_schedule == "cosine" and cfg.max_time is not None:
+        raise CheckpointMismatchError(
+            f"{checkpoint}: lr_schedule='cosine' over max_time follows the wall clock, which a resumed run cannot "
+            "repeat; give the budget as max_steps instead")
     meta = torch.load(checkpoint, map_location="cpu", weights_only=True).get("tvcsp", {})
     if meta.get("dataset") != dataset_label:
         raise CheckpointMismatchError(f"{checkpoint}: trained on {meta.get('dataset')!r}, not {dataset_label!r}")
@@ -455,6 +522,12 @@ def check_resumable(checkpoint: Path, vae: VAEConfig, dataset_label: str) -> Non
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise CheckpointMismatchError(f"{checkpoint}: model config differs in {diff}; start a new run_dir instead")
+    stored = TrainConfig.from_dict(meta.get("train", {}))
+    diff = [f"{k} ({getattr(stored, k)!r} → {getattr(cfg, k)!r})" for k in resume_settings(cfg)
+            if getattr(stored, k) != getattr(cfg, k)]
+    if diff:
+        raise CheckpointMismatchError(f"{checkpoint}: training settings differ in {', '.join(diff)}, which change the "
+                                      "run's trajectory; resume with the checkpoint's values or start a new run_dir")
 
 
 WARM_START_FREE = ("noise", "loss", "init_logvar")
@@ -524,7 +597,8 @@ def train(
     """Train a model; ``overrides`` replace TrainConfig fields (max_epochs, max_steps, batch_size, seed, …) or
     pass ``predict_property=True`` to :func:`make_configs` (the latent property head).
 
-    With ``resume=True`` the run continues from ``run_dir/checkpoints/last.ckpt`` (same config required).
+    With ``resume=True`` the run continues from ``run_dir/checkpoints/last.ckpt`` (the same model config, trajectory
+    settings and number of processes: :func:`check_resumable`).
     ``init_from=<training checkpoint>`` starts a new run from another run's weights (:func:`warm_start`).
     """
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
@@ -543,7 +617,7 @@ def train(
     if info.max_atoms is None:
         vae_cfg = dataclasses.replace(vae_cfg, max_atoms=stats.max_atoms)
     if resume and last.is_file():
-        check_resumable(last, vae_cfg, info.label)
+        check_resumable(last, vae_cfg, cfg, info.label)
     model = CrystalVAE(vae_cfg, stats, scalers)
     # weight scaling on the training distances (docs/model.md#radial-bases)
     if isinstance(model.encoder.rbf, HybridRBF):
