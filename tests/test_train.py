@@ -6,6 +6,7 @@ import torch
 from conftest import toy_dataset
 from torch_geometric.loader import DataLoader
 
+import tvcsp
 from tvcsp.checkpoint import CheckpointMismatchError, load_model, model_from_training_checkpoint, save_model
 from tvcsp.data import CrystalDataset, fit_scalers, load_split, load_stats
 from tvcsp.train import make_configs, read_metrics, train
@@ -104,6 +105,40 @@ def test_resume_repeats_the_uninterrupted_run(toy, tmp_path):
     assert resumed.metrics["best_val_loss"] == pytest.approx(full.metrics["best_val_loss"], rel=1e-5)
 
 
+def test_resumed_run_probes_and_selects_as_the_uninterrupted_one(toy, tmp_path, monkeypatch):
+    """The probe callback's state is in the checkpoint: the resumed run probes on the same schedule (epochs 0, 2
+    and 5; without the state it probed again at its first validation, epoch 4) and selects the same checkpoint.
+    The match rates are set per epoch (epoch 4's the highest), so a probe out of schedule changes the choice."""
+    from tvcsp import diagnostics
+
+    rates, now = {0: 0.1, 2: 0.3, 4: 0.9, 5: 0.2}, {}
+    probe = diagnostics.ProbeCallback._probe
+
+    def probe_at_epoch(self, trainer, module):
+        now["epoch"] = trainer.current_epoch
+        return probe(self, trainer, module)
+
+    monkeypatch.setattr(diagnostics.ProbeCallback, "_probe", probe_at_epoch)
+    monkeypatch.setattr(diagnostics, "probe_reconstruction", lambda model, crystals, **kw: {
+        "match_rate": rates[now["epoch"]], "composition_accuracy": 1.0})
+    info, root = toy
+    settings = {**TINY, "max_epochs": 6, "probe_every_n_epochs": 3, "probe_size": 3,
+                "select_by": "probe_val_match_rate"}  # 2 steps an epoch
+    full = train(info, "quick", tmp_path / "full", data_dir=root, progress=False, **settings)
+    train(info, "quick", tmp_path / "part", data_dir=root, progress=False, **{**settings, "max_epochs": 4})
+    resumed = train(info, "quick", tmp_path / "part", resume=True, data_dir=root, progress=False, **settings)
+
+    def probes(run):
+        state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["ProbeCallback"]
+        return pd.DataFrame(state["history"])
+
+    assert probes(tmp_path / "full")[["epoch", "probe_val_match_rate"]].values.tolist() == [[0, 0.1], [2, 0.3],
+                                                                                           [5, 0.2]]
+    pd.testing.assert_frame_equal(probes(tmp_path / "part"), probes(tmp_path / "full"), rtol=1e-5)
+    selected = [torch.load(r.best_checkpoint, weights_only=True)["global_step"] for r in (full, resumed)]
+    assert selected == [6, 6]  # epoch 2's validation
+
+
 def test_training_run_writes_labelled_outputs_and_refuses_mismatched_resume(toy, tmp_path):
     info, root = toy
     result = train(info, "quick", tmp_path / "run", data_dir=root, progress=False, **TINY)
@@ -122,13 +157,28 @@ def test_training_run_writes_labelled_outputs_and_refuses_mismatched_resume(toy,
         train(info, "quick", tmp_path / "run", data_dir=root, progress=False, **TINY)
     with pytest.raises(CheckpointMismatchError, match="model config differs"):
         train(info, "quick", tmp_path / "run", resume=True, rbf="bessel", data_dir=root, progress=False, **TINY)
-    # a checkpoint saved before a config field existed resumes as that field's default
+    with pytest.raises(CheckpointMismatchError, match=r"training settings differ in batch_size \(3 → 2\), which"):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False, **{**TINY, "batch_size": 2})
+    with pytest.raises(CheckpointMismatchError, match=r"differ in seed \(3 → 4\), train_subset \(None → 4\), "):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+              **{**TINY, "seed": 4, "train_subset": 4})
+    with pytest.raises(CheckpointMismatchError, match=r"lr_patience \(5 → 6\)"):  # plateau: its patience counts
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+              **{**TINY, "lr_patience": 6})
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)
+    assert state["tvcsp"]["world_size"] == 1
+    state["tvcsp"]["world_size"] = 2
+    torch.save(state, last)
+    with pytest.raises(CheckpointMismatchError, match="written by a run of 2 process"):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False, **TINY)
+    # a checkpoint saved before a config field existed resumes as that field's default; settings that leave the
+    # trajectory alone (budget, checkpoint frequency, probes when they do not select) may change
     del state["tvcsp"]["config"]["decoder"]["type_head_latent"], state["tvcsp"]["config"]["noise"]["type_shuffle"]
+    del state["tvcsp"]["train"]["kl_warmup_steps"], state["tvcsp"]["world_size"]
     torch.save(state, last)
     resumed = train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
-                    **{**TINY, "max_epochs": 3})
+                    **{**TINY, "max_epochs": 3, "checkpoint_every_n_steps": 7, "probe_size": 2})
     assert resumed.metrics["steps"] > summary["steps"]
 
 
@@ -142,7 +192,7 @@ def test_non_finite_loss_stops_with_a_message(toy, tmp_path, monkeypatch):
 
 RUN_SCRIPT = """
 import os, signal, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{package_root!r}, {tests!r}]  # the tvcsp under test, not another installed copy
 from conftest import toy_dataset
 from pathlib import Path
 from tvcsp import train as t
@@ -151,8 +201,8 @@ original = t.LastCheckpoint.on_train_batch_end
 
 def on_train_batch_end(self, trainer, *args):
     original(self, trainer, *args)
-    if trainer.global_step == {kill_at}:
-        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind, as with kill -9
+    if trainer.global_step == {kill_at} and trainer.is_global_zero:
+        os.killpg(0, signal.SIGKILL)  # every process of the run, no clean-up of any kind: kill -9 of the job
 
 t.LastCheckpoint.on_train_batch_end = on_train_batch_end
 info = toy_dataset(Path({root!r}))
@@ -160,22 +210,45 @@ t.train(info, "quick", {run!r}, resume={resume}, data_dir={root!r}, progress=Fal
 """
 
 
-def run_in_fresh_process(root, run, settings, kill_at=None, resume=False) -> int:
-    """Train in a new one-thread Python process, as a user's run would; returns its exit code. Each of the
-    three runs gets a fresh process: one that has already run other code can round differently (e.g. e3nn's
-    TorchScript kernels already specialised), and Adam turns such rounding noise in near-zero gradients
-    into whole steps."""
+def run_in_fresh_process(root, run, settings, kill_at=None, resume=False, timeout=600) -> int:
+    """Train in a new one-thread Python process (a script file: with ``devices=2`` Lightning starts the second
+    process by running it again), as a user's run would; returns its exit code. The run gets its own process
+    group, which a kill takes down whole and a run still going after ``timeout`` seconds (a hang) too. Each run
+    gets a fresh process: one that has already run other code can round differently (e.g. e3nn's TorchScript
+    kernels already specialised), and Adam turns such rounding noise in near-zero gradients into whole steps."""
     import os
+    import signal
     import subprocess
     import sys
     from pathlib import Path
 
-    script = RUN_SCRIPT.format(tests=str(Path(__file__).parent), kill_at=kill_at, root=str(root), run=str(run),
-                               resume=resume, settings=settings)
+    script = Path(run).with_name(f"{Path(run).name}-{'resume' if resume else 'start'}.py")
+    script.write_text(RUN_SCRIPT.format(package_root=str(Path(tvcsp.__file__).parents[1]),
+                                        tests=str(Path(__file__).parent), kill_at=kill_at, root=str(root),
+                                        run=str(run), resume=resume, settings=settings))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode in (0, -9), proc.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"training still running after {timeout} s (a hang?): {stderr[-2000:]}")
+    assert proc.returncode in (0, -9), stderr[-2000:]
     return proc.returncode
+
+
+def assert_resumed_run_repeats(full, run, last_step):
+    """The resumed ``run`` ends where ``full`` does, with its losses from the resume on and its final weights."""
+    assert read_metrics(run)["step"].max() == read_metrics(full)["step"].max() == last_step
+    a, b = step_losses(full), step_losses(run)
+    pd.testing.assert_series_equal(a.loc[b.index], b, rtol=1e-5)
+    assert b.index.max() == a.index.max()
+    w_full = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    w_resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for k in w_full:
+        torch.testing.assert_close(w_resumed[k], w_full[k], rtol=1e-4, atol=1e-6)
 
 
 def test_killed_run_resumes_from_its_last_periodic_checkpoint(toy, tmp_path):
@@ -189,14 +262,45 @@ def test_killed_run_resumes_from_its_last_periodic_checkpoint(toy, tmp_path):
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 4  # written every 2 steps: step 5 is lost, no more
     assert run_in_fresh_process(root, run, settings, resume=True) == 0
-    assert read_metrics(run)["step"].max() == read_metrics(full)["step"].max() == 8  # 9 steps, numbered from 0
-    a, b = step_losses(full), step_losses(run)
-    pd.testing.assert_series_equal(a.loc[b.index], b, rtol=1e-5)
-    assert b.index.min() <= 5 and b.index.max() == a.index.max()
-    w_full = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    w_resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    for k in w_full:
-        torch.testing.assert_close(w_resumed[k], w_full[k], rtol=1e-4, atol=1e-6)
+    assert step_losses(run).index.min() <= 5
+    assert_resumed_run_repeats(full, run, last_step=8)  # 9 steps, numbered from 0
+
+
+def test_seeded_sampler_shares_each_epoch_out_over_the_processes():
+    from tvcsp.train import SeededSampler
+
+    def epoch(rank=0, world_size=1, skip=0):
+        sampler = SeededSampler(7, seed=3, rank=rank, world_size=world_size)
+        sampler.set_epoch(2)
+        sampler.skip = skip
+        return list(sampler), len(sampler)
+
+    order, n = epoch()  # one process: the seeded permutation, as before sharding existed
+    assert order == torch.randperm(7, generator=torch.Generator().manual_seed(3 * 100_003 + 2)).tolist() and n == 7
+    extended = order + order[:2]  # 9 = 3 processes × 3: the permutation's start repeated
+    assert [epoch(rank, 3) for rank in range(3)] == [(extended[rank::3], 3) for rank in range(3)]
+    sampler = SeededSampler(7, seed=3, rank=1, world_size=3)
+    sampler.set_epoch(2)
+    sampler.skip = 2
+    assert list(sampler) == extended[1::3][2:] and list(sampler) == extended[1::3]  # skip: the next pass only
+
+
+@pytest.mark.slow
+def test_two_process_run_killed_mid_epoch_resumes_where_each_process_stopped(toy, tmp_path):
+    """DDP over 2 CPU processes (gloo): every process takes part in the periodic checkpoints (none hangs), both
+    are killed with -9 in the middle of an epoch, and on resume each skips the batches of that epoch it had
+    already trained on, so the run repeats the uninterrupted one (losses and final weights). Three 2-process
+    runs of 24 steps: 68 s on 2 cores shared with another job; a hang fails after ``timeout``."""
+    info, root = toy
+    # 6 crystals, 3 a process, batch 1: 3 steps an epoch; last.ckpt at step 8 is 2 batches into epoch 2
+    settings = {**TINY, "devices": 2, "batch_size": 1, "max_epochs": 8, "checkpoint_every_n_steps": 4}
+    full, run = tmp_path / "full", tmp_path / "killed"
+    assert run_in_fresh_process(root, full, settings, timeout=240) == 0
+    assert run_in_fresh_process(root, run, settings, kill_at=10, timeout=240) == -9
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 8 and state["epoch"] == 2 and state["tvcsp"]["world_size"] == 2
+    assert run_in_fresh_process(root, run, settings, resume=True, timeout=240) == 0
+    assert_resumed_run_repeats(full, run, last_step=23)
 
 
 def test_validation_noise_is_fixed_so_the_selection_metric_moves_only_with_the_model(toy):
@@ -278,6 +382,13 @@ def test_cosine_schedule_ends_the_budget_at_min_lr(toy, tmp_path):
     assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-5)
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         make_configs(info, "quick", lr_schedule="linear")
+    # the budget sets every step's lr: another one is another run, and a wall-clock budget cannot be repeated
+    with pytest.raises(CheckpointMismatchError, match=r"training settings differ in max_steps \(6 → 8\)"):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+              **{**settings, "max_steps": 8})
+    with pytest.raises(CheckpointMismatchError, match="cosine' over max_time follows the wall clock"):
+        train(info, "quick", tmp_path / "run", resume=True, data_dir=root, progress=False,
+              **{**settings, "max_time": "00:00:10:00"})
 
 
 def test_paper_profile_takes_cdvae_training_settings_from_the_registry_entry():

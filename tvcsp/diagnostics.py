@@ -242,7 +242,9 @@ class ProbeCallback(L.Callback):
     """At the end of a validation run, every ``every_n_epochs`` epochs (and at the first one), log the probe
     match rate of each probe set (``probe_<name>_match_rate``, ``…_composition_accuracy``) and the latent usage
     of the first set; the values stay in ``trainer.callback_metrics`` so a checkpoint callback listed after this
-    one can select on them.
+    one can select on them. Its state (the probe history and the last probe's metrics, which decide when the next
+    probe runs and what a selection on them sees until then) is kept in Lightning's checkpoints, so a resumed run
+    probes and selects as the uninterrupted one.
 
     Args:
         probes: ``{name: CrystalTensors}``, e.g. ``{"train": 64 training crystals, "val": 64 validation ones}``.
@@ -254,6 +256,12 @@ class ProbeCallback(L.Callback):
         self.probes, self.every, self.options = probes, every_n_epochs, options
         self.history: list[dict] = []
         self._last: dict[str, float] = {}
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "last": self._last}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history, self._last = list(state_dict["history"]), dict(state_dict["last"])
 
     def _probe(self, trainer, module) -> dict[str, float]:
         model = module.inference_model

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from .checkpoint import (
@@ -94,6 +95,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """A stored config; fields added since it was saved take their defaults (which keep the behaviour of the
+        code that saved it)."""
+        return cls(**d)
 
 
 LR_SCHEDULES = ("plateau", "cosine")
@@ -242,9 +249,11 @@ class TVCSPModule(L.LightningModule):
             average.copy_(buffer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint saved without a moving average (EMA switched on in a resumed run) starts it from its
-        weights; one saved with an average that this run does not keep (``ema_decay=0``) drops it, with a
-        warning, and continues from the trained weights."""
+        """A run resumes with as many processes as wrote its checkpoint (:meth:`check_processes`). A checkpoint
+        saved without a moving average (EMA switched on in a resumed run) starts it from its weights; one saved
+        with an average that this run does not keep (``ema_decay=0``) drops it, with a warning, and continues from
+        the trained weights."""
+        self.check_processes(checkpoint)
         state = checkpoint["state_dict"]
         averaged = [k for k in state if k.startswith("ema.")]
         if self.ema is not None and not averaged:
@@ -255,6 +264,16 @@ class TVCSPModule(L.LightningModule):
                           "the run's ema_decay to keep it)", stacklevel=2)
             for k in averaged:
                 del state[k]
+
+    def check_processes(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint written by another number of processes (``devices × num_nodes``; checkpoints that do
+        not record it come from one): each process's share of every epoch, and so of the interrupted one, depends on
+        it, and so does the batch of a step."""
+        saved, now = checkpoint.get("tvcsp", {}).get("world_size", 1), self.trainer.world_size
+        if saved != now:
+            raise CheckpointMismatchError(
+                f"{self.trainer.ckpt_path}: written by a run of {saved} process(es) (devices × num_nodes), resumed "
+                f"with {now}; resume with {saved} or start a new run_dir")
 
     def _seed(self, *keys: int) -> None:
         """Seed every generator from the run seed and ``keys`` (exact resume; distinct per DDP rank)."""
@@ -336,59 +355,92 @@ class TVCSPModule(L.LightningModule):
             "train": self.train_config.to_dict(),
             "stats": m.stats.to_dict(),
             "scalers": m.scalers.to_dict(),
+            "world_size": self.trainer.world_size,
             **provenance(),
         }
 
 
 class SeededSampler(torch.utils.data.Sampler):
-    """A shuffle that depends only on (seed, epoch): Lightning calls ``set_epoch`` before every epoch.
+    """A shuffle that depends only on (seed, epoch), shared out over the processes of a distributed run; Lightning
+    calls ``set_epoch`` before every epoch (``Trainer(use_distributed_sampler=False)`` leaves it unwrapped).
 
-    ``skip`` drops the first indices of the next pass only (a run resumed in the middle of an epoch continues
-    with the crystals that epoch had not yet seen).
+    Every process draws the same permutation, extends it by its own start to a multiple of ``world_size`` (each
+    process then has as many batches as the others, which DDP needs) and takes every ``world_size``-th index from
+    its ``rank`` on; with one process it is the plain permutation. ``skip`` drops the first indices of this
+    process's next pass only (a run resumed in the middle of an epoch continues with the crystals that epoch had
+    not yet given it).
     """
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        padded = order[torch.arange(len(self) * self.world_size) % self.n]
         skip, self.skip = self.skip, 0
-        return iter(torch.randperm(self.n, generator=g)[skip:].tolist())
+        return iter(padded[self.rank :: self.world_size][skip:].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return math.ceil(self.n / self.world_size)
+
+
+class CrystalLoaders(L.LightningDataModule):
+    """The training and validation loaders, built when Lightning asks for them, in each process of the run and
+    after a checkpoint is restored: each process takes its share of both splits (training: :class:`SeededSampler`;
+    validation: in order, as Lightning's own distributed sampler would), and a run resumed in the middle of an
+    epoch skips the batches that epoch had already given this process (Lightning itself would replay them)."""
+
+    def __init__(self, train_set, val_set, scalers, config: TrainConfig):
+        super().__init__()
+        self.train_set, self.val_set, self.scalers, self.config = train_set, val_set, scalers, config
+
+    def train_dataloader(self) -> DataLoader:
+        trainer, cfg = self.trainer, self.config
+        sampler = SeededSampler(len(self.train_set), cfg.seed, trainer.global_rank, trainer.world_size)
+        loader = DataLoader(CrystalDataset(self.train_set, self.scalers), batch_size=cfg.batch_size, sampler=sampler,
+                            num_workers=cfg.num_workers)
+        done = trainer.global_step - trainer.current_epoch * len(loader)  # this epoch's batches before the restore
+        if 0 < done < len(loader):
+            sampler.skip = done * cfg.batch_size
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        trainer, crystals = self.trainer, CrystalDataset(self.val_set, self.scalers)
+        share = DistributedSampler(crystals, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+        return DataLoader(crystals, batch_size=self.config.val_batch_size, sampler=share,
+                          num_workers=self.config.num_workers)
 
 
 class LastCheckpoint(L.Callback):
     """``last.ckpt`` every ``every_n_steps`` optimiser steps, at the end of training and on Ctrl-C, whatever the
-    monitored metric does; written atomically (temporary file + rename), so a kill -9 loses at most
-    ``every_n_steps`` steps and never leaves a broken file. A run resumed from a checkpoint written in the
-    middle of an epoch continues that epoch with the batches it had not yet seen."""
+    monitored metric does; written atomically (temporary file + rename in its folder), so a kill -9 loses at most
+    ``every_n_steps`` steps and never leaves a broken file. Every process of a distributed run takes part in each
+    save (Lightning's ``save_checkpoint`` ends in a barrier); rank 0 writes the file.
+
+    Lightning's ``ModelCheckpoint(every_n_train_steps=…, save_last=True)`` does not give these guarantees: at the
+    end of training it writes ``last.ckpt`` only if it has written nothing before, and its atomic write goes
+    through the system's temporary folder (a copy, not a rename, when that is another filesystem).
+    """
 
     def __init__(self, path: Path, every_n_steps: int):
         self.path, self.every = Path(path), every_n_steps
         self._saved_step = -1
 
     def save(self, trainer) -> None:
-        if trainer.global_step == self._saved_step or trainer.global_rank != 0 and trainer.world_size > 1:
+        if trainer.global_step == self._saved_step:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # full state: resumable
-        if trainer.global_rank == 0:
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state: resumable; every rank, rank 0 writes
+        if trainer.is_global_zero:
             os.replace(tmp, self.path)
         self._saved_step = trainer.global_step
-
-    def on_train_start(self, trainer, module) -> None:
-        """After a restore: skip the batches of the current epoch that were trained before the checkpoint."""
-        done = trainer.global_step - trainer.current_epoch * trainer.num_training_batches
-        loader = trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        if 0 < done < trainer.num_training_batches and isinstance(sampler, SeededSampler):
-            sampler.skip = done * loader.batch_size
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:
@@ -404,7 +456,8 @@ class LastCheckpoint(L.Callback):
 
 @dataclass
 class TrainResult:
-    """Where a run's files are and its final validation numbers."""
+    """Where a run's files are and its final validation numbers (in the process of rank 0; the other processes of a
+    distributed run get the paths and no metrics)."""
 
     run_dir: Path
     model_path: Path
@@ -428,8 +481,56 @@ def _stored_config(meta: dict) -> dict:
     return VAEConfig.from_dict(meta["config"]).to_dict() if "config" in meta else {}
 
 
-def check_resumable(checkpoint: Path, vae: VAEConfig, dataset_label: str) -> None:
-    """Refuse to resume from a checkpoint whose model config or dataset differs from the requested run."""
+RESUME_FREE = (
+    "max_epochs", "max_steps", "max_time", "accelerator", "devices", "num_nodes", "num_workers", "tensorboard",
+    "checkpoint_every_n_steps", "ema_decay", "init_from",
+)
+"""TrainConfig fields a resumed run may change, field by field, as they leave its trajectory (the weights step by
+step, the validation numbers, the selected model) alone:
+
+* ``max_epochs``, ``max_steps``, ``max_time``: the budget, a longer or shorter run along the same path; except
+  under ``lr_schedule="cosine"``, whose lr at every step follows the budget (:func:`resume_settings`);
+* ``accelerator``, ``devices``, ``num_nodes``: the hardware; the number of processes they make, which does change
+  the trajectory, is compared on its own (:meth:`TVCSPModule.check_processes`; ``devices="auto"`` counts the
+  machine's devices);
+* ``num_workers``, ``tensorboard``, ``checkpoint_every_n_steps``: loading, logging, saving;
+* ``ema_decay``: a weight average may be switched on or off on purpose (:meth:`TVCSPModule.on_load_checkpoint`);
+* ``init_from``: read only when a run starts;
+* and, added by :func:`resume_settings`: ``lr_factor`` and ``lr_patience`` under the cosine schedule, which does
+  not read them; the ``probe_*`` settings (:data:`PROBE_SETTINGS`) unless ``select_by`` is a probe metric (they
+  shape the probe curve, not the weights).
+
+Every other field must match: ``dataset``, ``seed``, ``batch_size`` (the batches and the mid-epoch skip),
+``val_batch_size`` (the fixed validation noise is drawn per batch), ``lr``, ``lr_schedule``, ``min_lr``,
+``grad_clip_value``, ``val_every_n_epochs`` (when the plateau schedule steps and a model may be selected),
+``teacher_forcing_max_epoch``, ``precision``, ``train_subset``, ``val_subset``, ``coordination_sample`` (the
+statistics the model is built with), ``select_by`` and ``kl_warmup_steps``."""
+
+PROBE_SETTINGS = ("probe_every_n_epochs", "probe_size", "probe_n_step_each", "probe_latent",
+                  "probe_composition_prior", "probe_keep_composition")
+
+
+def resume_settings(cfg: TrainConfig) -> tuple[str, ...]:
+    """The TrainConfig fields a run resumed with ``cfg`` must share with its checkpoint (see :data:`RESUME_FREE`)."""
+    free = set(RESUME_FREE)
+    if cfg.lr_schedule == "cosine":
+        free = free - {"max_epochs", "max_steps", "max_time"} | {"lr_factor", "lr_patience"}
+    if cfg.select_by == "val_loss":
+        free |= set(PROBE_SETTINGS)
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in free)
+
+
+def check_resumable(checkpoint: Path, vae: VAEConfig, cfg: TrainConfig, dataset_label: str) -> None:
+    """Refuse to resume from a checkpoint whose dataset, model config or trajectory settings
+    (:func:`resume_settings`) differ from the requested run's, and a cosine schedule over ``max_time``.
+
+    Raises:
+        CheckpointMismatchError: a one-line message naming what differs.
+    """
+    if cfg.lr_schedule == "cosine" and cfg.max_time is not None:
+        raise CheckpointMismatchError(
+            f"{checkpoint}: lr_schedule='cosine' over max_time follows the wall clock, which a resumed run cannot "
+            "repeat; give the budget as max_steps instead")
     meta = torch.load(checkpoint, map_location="cpu", weights_only=True).get("tvcsp", {})
     if meta.get("dataset") != dataset_label:
         raise CheckpointMismatchError(f"{checkpoint}: trained on {meta.get('dataset')!r}, not {dataset_label!r}")
@@ -437,6 +538,12 @@ def check_resumable(checkpoint: Path, vae: VAEConfig, dataset_label: str) -> Non
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise CheckpointMismatchError(f"{checkpoint}: model config differs in {diff}; start a new run_dir instead")
+    stored = TrainConfig.from_dict(meta.get("train", {}))
+    diff = [f"{k} ({getattr(stored, k)!r} → {getattr(cfg, k)!r})" for k in resume_settings(cfg)
+            if getattr(stored, k) != getattr(cfg, k)]
+    if diff:
+        raise CheckpointMismatchError(f"{checkpoint}: training settings differ in {', '.join(diff)}, which change the "
+                                      "run's trajectory; resume with the checkpoint's values or start a new run_dir")
 
 
 WARM_START_FREE = ("noise", "loss", "init_logvar")
@@ -506,7 +613,8 @@ def train(
     """Train a model; ``overrides`` replace TrainConfig fields (max_epochs, max_steps, batch_size, seed, …) or
     pass ``predict_property=True`` to :func:`make_configs` (the latent property head).
 
-    With ``resume=True`` the run continues from ``run_dir/checkpoints/last.ckpt`` (same config required).
+    With ``resume=True`` the run continues from ``run_dir/checkpoints/last.ckpt`` (the same model config, trajectory
+    settings and number of processes: :func:`check_resumable`).
     ``init_from=<training checkpoint>`` starts a new run from another run's weights (:func:`warm_start`).
     """
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
@@ -525,7 +633,7 @@ def train(
     if info.max_atoms is None:
         vae_cfg = dataclasses.replace(vae_cfg, max_atoms=stats.max_atoms)
     if resume and last.is_file():
-        check_resumable(last, vae_cfg, info.label)
+        check_resumable(last, vae_cfg, cfg, info.label)
     model = CrystalVAE(vae_cfg, stats, scalers)
     # weight scaling on the training distances (docs/model.md#radial-bases)
     if isinstance(model.encoder.rbf, HybridRBF):
@@ -533,10 +641,7 @@ def train(
     if cfg.init_from and not (resume and last.is_file()):
         warm_start(model, Path(cfg.init_from), info.label)
     train_set, val_set = _subset(train_set, cfg.train_subset, cfg.seed), _subset(val_set, cfg.val_subset, cfg.seed)
-    train_loader = DataLoader(CrystalDataset(train_set, scalers), batch_size=cfg.batch_size,
-                              sampler=SeededSampler(len(train_set), cfg.seed), num_workers=cfg.num_workers)
-    val_loader = DataLoader(CrystalDataset(val_set, scalers), batch_size=cfg.val_batch_size,
-                            num_workers=cfg.num_workers)
+    data = CrystalLoaders(train_set, val_set, scalers, cfg)
 
     monitor, mode = cfg.select_by, "min" if cfg.select_by == "val_loss" else "max"
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
@@ -557,13 +662,15 @@ def train(
         gradient_clip_algorithm="value", check_val_every_n_epoch=cfg.val_every_n_epochs,
         callbacks=callbacks, logger=_loggers(run_dir, cfg.tensorboard), default_root_dir=run_dir,
         enable_progress_bar=progress, enable_model_summary=progress, num_sanity_val_steps=2,
-        log_every_n_steps=max(1, min(50, len(train_loader))),
+        log_every_n_steps=max(1, min(50, math.ceil(len(train_set) / cfg.batch_size))),
+        use_distributed_sampler=False,  # CrystalLoaders shares the data out over the processes
     )
     module = TVCSPModule(model, cfg, info.label)
-    # LastCheckpoint makes the seeded sampler skip what a mid-epoch checkpoint had already trained on
+    # CrystalLoaders makes the seeded sampler skip what a mid-epoch checkpoint had already trained on
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
-    trainer.fit(module, train_loader, val_loader, ckpt_path=last if resume and last.is_file() else None,
-                weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
+    if not trainer.is_global_zero:  # the other processes of a distributed run: rank 0 writes the outputs
+        return TrainResult(run_dir, run_dir / "model.pt", Path(checkpoints.best_model_path or last))
 
     best = Path(checkpoints.best_model_path or last)
     if not best.is_file():  # a resumed run whose earlier best file is gone (only last.ckpt was kept)

@@ -128,7 +128,7 @@ def load_stats(
         crystals, cutoff, max_neighbors, coordination_sample, load_kwargs.get("workers"),
         load_kwargs.get("progress", True),
     )
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # each process of a distributed run its own
     tmp.write_text(json.dumps({"key": key, "stats": stats.to_dict()}, indent=1))
     os.replace(tmp, path)
     return stats

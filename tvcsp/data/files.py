@@ -97,7 +97,7 @@ def download_file(url: str, dest: Path, git_blob: str | None = None, progress: b
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
+    tmp = dest.with_name(dest.name + f".part{os.getpid()}")  # each process of a distributed run its own
     with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
