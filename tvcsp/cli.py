@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     fit = commands.add_parser("fit-prior", help="learn a latent prior for a model (written beside it)")
     fit.add_argument("checkpoint", help="model file (model.pt); the prior goes to <stem>.prior.pt beside it")
     fit.add_argument("--split", choices=SPLITS, default="train", help="crystals whose latents it learns (train)")
-    fit.add_argument("--steps", type=_positive, default=20_000, help="optimiser steps (20000)")
+    fit.add_argument("--steps", type=_positive, default=60_000, help="optimiser steps (60000)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", help="prior file (default: <stem>.prior.pt beside the model)")
     fit.add_argument("--data-dir", help="folder holding <dataset>/<split>.csv[.gz] (searched first)")

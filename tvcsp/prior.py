@@ -54,9 +54,9 @@ class FlowPriorConfig:
     """
 
     hidden: int = 256
-    num_blocks: int = 3
+    num_blocks: int = 4
     time_dim: int = 32
-    steps: int = 20_000
+    steps: int = 60_000
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-4
