@@ -47,8 +47,6 @@ class FlowPriorConfig:
         time_dim: size of the sinusoidal embedding of t.
         steps: optimiser steps of the fit; batch_size: latents per step (fresh ε and t each step).
         lr: AdamW learning rate, cosine-decayed to lr/100 over ``steps``; weight_decay: AdamW's.
-        samples_per_crystal: draws of z ~ q(z | x) per training crystal per pass over the set (each step
-            draws fresh ones; this only sets the size of an epoch).
         sample_steps: Heun steps from t = 0 to 1 when sampling (network calls: 2 per step, minus one).
         seed: seeds the fit.
     """
@@ -60,12 +58,11 @@ class FlowPriorConfig:
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    samples_per_crystal: int = 1
     sample_steps: int = 25
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("hidden", "num_blocks", "time_dim", "steps", "batch_size", "samples_per_crystal", "sample_steps"):
+        for name in ("hidden", "num_blocks", "time_dim", "steps", "batch_size", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FlowPriorConfig.{name} must be positive, got {getattr(self, name)}")
         if self.time_dim % 2:
