@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,8 +212,6 @@ def fit_prior(mu: torch.Tensor, logvar: torch.Tensor, config: FlowPriorConfig = 
     from a generator seeded by ``config.seed``, so a fit is reproducible on one machine. The prior's
     ``fit_summary`` records the final loss (mean of the last 500 steps), the number of crystals and the time.
     """
-    import time
-
     mu, logvar = mu.detach().float().cpu(), logvar.detach().float().cpu()
     generator = torch.Generator().manual_seed(config.seed)
     prior = LatentPrior(mu.shape[1], config, model_fingerprint)
