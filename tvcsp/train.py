@@ -13,7 +13,9 @@ import dataclasses
 import json
 import math
 import os
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +84,7 @@ class TrainConfig:
     kl_warmup_steps: int = 0
     ema_decay: float = 0.0
     init_from: str | None = None
+    session_limit_s: float | None = None
 
     def __post_init__(self):
         if self.select_by not in SELECTION_METRICS:
@@ -92,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.checkpoint_every_n_steps < 1:
             raise ValueError(f"checkpoint_every_n_steps must be positive, got {self.checkpoint_every_n_steps}")
+        if self.session_limit_s is not None and self.session_limit_s <= 0:
+            raise ValueError(f"session_limit_s must be positive, got {self.session_limit_s}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -238,8 +243,23 @@ class TVCSPModule(L.LightningModule):
         """The weights to evaluate: the moving average when there is one, else the trained model."""
         return self.model if self.ema is None else self.ema
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimiser's step, then the weight average's. The average moves here, inside the training step, and
+        not in ``on_train_batch_end``: Lightning calls callbacks' hooks before the module's, so a
+        :class:`LastCheckpoint` written at a step's end would hold the average of the step before."""
+        super().optimizer_step(*args, **kwargs)
+        self._update_average()
+
+    def on_train_start(self) -> None:
+        """Set the cosine schedule's lr for the current step. Lightning updates step-wise schedulers after the
+        callbacks' ``on_train_batch_end``, so a :class:`LastCheckpoint` written at a step's end holds the lr from
+        before that update; the schedule reads only the step count, so stepping it again is exact, and it does
+        nothing to a run that resumes from where the update had happened."""
+        if self.train_config.lr_schedule == "cosine" and self.global_step > 0:
+            self.lr_schedulers().step()
+
     @torch.no_grad()
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def _update_average(self) -> None:
         if self.ema is None:
             return
         step = self.global_step
@@ -368,12 +388,15 @@ class SeededSampler(torch.utils.data.Sampler):
     process then has as many batches as the others, which DDP needs) and takes every ``world_size``-th index from
     its ``rank`` on; with one process it is the plain permutation. ``skip`` drops the first indices of this
     process's next pass only (a run resumed in the middle of an epoch continues with the crystals that epoch had
-    not yet given it).
+    not yet given it); ``resume``, when given, is asked for that number once, when the first pass starts — after
+    Lightning has restored a checkpoint, which may come after it built the loader (it does so early to count a
+    cosine schedule's steps).
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1,
+                 resume: Callable[[], int] | None = None):
         self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
-        self.epoch, self.skip = 0, 0
+        self.epoch, self.skip, self.resume = 0, 0, resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -382,6 +405,8 @@ class SeededSampler(torch.utils.data.Sampler):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)
         padded = order[torch.arange(len(self) * self.world_size) % self.n]
+        if self.resume is not None:
+            self.skip, self.resume = self.resume(), None
         skip, self.skip = self.skip, 0
         return iter(padded[self.rank :: self.world_size][skip:].tolist())
 
@@ -401,13 +426,15 @@ class CrystalLoaders(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer, cfg = self.trainer, self.config
-        sampler = SeededSampler(len(self.train_set), cfg.seed, trainer.global_rank, trainer.world_size)
-        loader = DataLoader(CrystalDataset(self.train_set, self.scalers), batch_size=cfg.batch_size, sampler=sampler,
-                            num_workers=cfg.num_workers)
-        done = trainer.global_step - trainer.current_epoch * len(loader)  # this epoch's batches before the restore
-        if 0 < done < len(loader):
-            sampler.skip = done * cfg.batch_size
-        return loader
+        batches = math.ceil(len(self.train_set) / trainer.world_size / cfg.batch_size)
+
+        def resume() -> int:  # this epoch's batches before the restore
+            done = trainer.global_step - trainer.current_epoch * batches
+            return done * cfg.batch_size if 0 < done < batches else 0
+
+        sampler = SeededSampler(len(self.train_set), cfg.seed, trainer.global_rank, trainer.world_size, resume)
+        return DataLoader(CrystalDataset(self.train_set, self.scalers), batch_size=cfg.batch_size, sampler=sampler,
+                          num_workers=cfg.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         trainer, crystals = self.trainer, CrystalDataset(self.val_set, self.scalers)
@@ -425,11 +452,18 @@ class LastCheckpoint(L.Callback):
     Lightning's ``ModelCheckpoint(every_n_train_steps=…, save_last=True)`` does not give these guarantees: at the
     end of training it writes ``last.ckpt`` only if it has written nothing before, and its atomic write goes
     through the system's temporary folder (a copy, not a rename, when that is another filesystem).
+
+    With ``session_limit_s`` (``TrainConfig.session_limit_s``) it also ends this process once that much wall-clock
+    time has passed since fitting started: it saves ``last.ckpt`` after the step that ran out of time and raises
+    :class:`SessionOver`, so the saved state is that of a periodic save (no validation at the stop) and the run
+    resumes later along the same path; the budget, which the cosine schedule reads, stays as it was (unlike
+    ``max_time``). The processes of a distributed run agree each step whether any of them is out of time.
     """
 
-    def __init__(self, path: Path, every_n_steps: int):
-        self.path, self.every = Path(path), every_n_steps
+    def __init__(self, path: Path, every_n_steps: int, session_limit_s: float | None = None):
+        self.path, self.every, self.limit = Path(path), every_n_steps, session_limit_s
         self._saved_step = -1
+        self._start = time.monotonic()
 
     def save(self, trainer) -> None:
         if trainer.global_step == self._saved_step:
@@ -442,9 +476,19 @@ class LastCheckpoint(L.Callback):
             os.replace(tmp, self.path)
         self._saved_step = trainer.global_step
 
+    def on_fit_start(self, trainer, module) -> None:
+        self._start = time.monotonic()
+
+    def _out_of_time(self, trainer) -> bool:
+        late = self.limit is not None and time.monotonic() - self._start >= self.limit
+        return self.limit is not None and trainer.strategy.reduce_boolean_decision(late, all=False)
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every == 0:
+        over = self._out_of_time(trainer)
+        if over or trainer.global_step % self.every == 0:
             self.save(trainer)
+        if over:
+            raise SessionOver(f"session limit of {self.limit:g} s reached at step {trainer.global_step}")
 
     def on_train_end(self, trainer, module) -> None:
         self.save(trainer)
@@ -452,6 +496,10 @@ class LastCheckpoint(L.Callback):
     def on_exception(self, trainer, module, exception) -> None:
         if isinstance(exception, KeyboardInterrupt):
             self.save(trainer)
+
+
+class SessionOver(Exception):
+    """Raised by :class:`LastCheckpoint` when the session limit is reached; :func:`train` catches it."""
 
 
 @dataclass
@@ -483,7 +531,7 @@ def _stored_config(meta: dict) -> dict:
 
 RESUME_FREE = (
     "max_epochs", "max_steps", "max_time", "accelerator", "devices", "num_nodes", "num_workers", "tensorboard",
-    "checkpoint_every_n_steps", "ema_decay", "init_from",
+    "checkpoint_every_n_steps", "ema_decay", "init_from", "session_limit_s",
 )
 """TrainConfig fields a resumed run may change, field by field, as they leave its trajectory (the weights step by
 step, the validation numbers, the selected model) alone:
@@ -496,6 +544,7 @@ step, the validation numbers, the selected model) alone:
 * ``num_workers``, ``tensorboard``, ``checkpoint_every_n_steps``: loading, logging, saving;
 * ``ema_decay``: a weight average may be switched on or off on purpose (:meth:`TVCSPModule.on_load_checkpoint`);
 * ``init_from``: read only when a run starts;
+* ``session_limit_s``: when this process stops (:class:`LastCheckpoint`), not where the run is going;
 * and, added by :func:`resume_settings`: ``lr_factor`` and ``lr_patience`` under the cosine schedule, which does
   not read them; the ``probe_*`` settings (:data:`PROBE_SETTINGS`) unless ``select_by`` is a probe metric (they
   shape the probe curve, not the weights).
@@ -608,10 +657,12 @@ def train(
     rbf: str | None = None,
     data_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    callbacks: list[L.Callback] | None = None,
     **overrides,
 ) -> TrainResult:
     """Train a model; ``overrides`` replace TrainConfig fields (max_epochs, max_steps, batch_size, seed, …) or
-    pass ``predict_property=True`` to :func:`make_configs` (the latent property head).
+    pass ``predict_property=True`` to :func:`make_configs` (the latent property head). ``callbacks``: Lightning
+    callbacks run before the run's own (e.g. a timer); they must leave the trajectory alone.
 
     With ``resume=True`` the run continues from ``run_dir/checkpoints/last.ckpt`` (the same model config, trajectory
     settings and number of processes: :func:`check_resumable`).
@@ -646,7 +697,8 @@ def train(
     monitor, mode = cfg.select_by, "min" if cfg.select_by == "val_loss" else "max"
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                   save_top_k=1, save_last=False)
-    callbacks = [checkpoints, LastCheckpoint(last, cfg.checkpoint_every_n_steps)]
+    extra, callbacks = callbacks or [], [checkpoints, LastCheckpoint(last, cfg.checkpoint_every_n_steps,
+                                                                     cfg.session_limit_s)]
     if cfg.probe_every_n_epochs > 0:
         from .diagnostics import ProbeCallback
         from .sampling import SamplerSettings
@@ -660,7 +712,7 @@ def train(
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, max_time=cfg.max_time, accelerator=cfg.accelerator,
         devices=cfg.devices, num_nodes=cfg.num_nodes, precision=cfg.precision, gradient_clip_val=cfg.grad_clip_value,
         gradient_clip_algorithm="value", check_val_every_n_epoch=cfg.val_every_n_epochs,
-        callbacks=callbacks, logger=_loggers(run_dir, cfg.tensorboard), default_root_dir=run_dir,
+        callbacks=extra + callbacks, logger=_loggers(run_dir, cfg.tensorboard), default_root_dir=run_dir,
         enable_progress_bar=progress, enable_model_summary=progress, num_sanity_val_steps=2,
         log_every_n_steps=max(1, min(50, math.ceil(len(train_set) / cfg.batch_size))),
         use_distributed_sampler=False,  # CrystalLoaders shares the data out over the processes
@@ -668,7 +720,13 @@ def train(
     module = TVCSPModule(model, cfg, info.label)
     # CrystalLoaders makes the seeded sampler skip what a mid-epoch checkpoint had already trained on
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
-    trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=last if resume and last.is_file() else None,
+                    weights_only=True)
+    except SessionOver as stop:
+        for logger in trainer.loggers:  # the metrics logged since the loggers' last write
+            logger.save()
+        warnings.warn(f"{stop}: last.ckpt is saved; resume=True continues the run", stacklevel=2)
     if not trainer.is_global_zero:  # the other processes of a distributed run: rank 0 writes the outputs
         return TrainResult(run_dir, run_dir / "model.pt", Path(checkpoints.best_model_path or last))
 
