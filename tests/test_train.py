@@ -392,16 +392,21 @@ def test_cosine_schedule_ends_the_budget_at_min_lr(toy, tmp_path):
 
 
 def test_session_limit_stops_the_process_not_the_run(toy, tmp_path):
-    """A cosine run stopped by its session limit resumes to the uninterrupted run's weights."""
+    """A cosine run (with a weight average) stopped by its session limit after every step, mid-epoch and at
+    epochs' ends, and resumed each time, ends with the uninterrupted run's weights."""
     info, root = toy
-    settings = {**TINY, "max_epochs": 50, "max_steps": 6, "lr": 1e-3, "min_lr": 1e-5, "lr_schedule": "cosine"}
+    settings = {**TINY, "max_epochs": 50, "max_steps": 5, "lr": 1e-3, "min_lr": 1e-5, "lr_schedule": "cosine",
+                "ema_decay": 0.9}
     full = train(info, "quick", tmp_path / "full", data_dir=root, progress=False, **settings)
     part = train(info, "quick", tmp_path / "part", data_dir=root, progress=False,
                  **{**settings, "session_limit_s": 1e-6})
-    assert torch.load(part.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
-    train(info, "quick", tmp_path / "part", resume=True, data_dir=root, progress=False, **settings)
+    last = part.run_dir / "checkpoints" / "last.ckpt"
+    for step in range(1, 5):
+        assert torch.load(last, weights_only=True)["global_step"] == step
+        train(info, "quick", tmp_path / "part", resume=True, data_dir=root, progress=False,
+              **{**settings, "session_limit_s": 1e-6})
     a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True) for r in (full.run_dir, part.run_dir))
-    assert b["global_step"] == 6
+    assert b["global_step"] == 5
     assert all(torch.allclose(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-7) for k in a["state_dict"])
     with pytest.raises(ValueError, match="session_limit_s must be positive"):
         make_configs(info, "quick", session_limit_s=0)

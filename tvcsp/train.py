@@ -237,6 +237,7 @@ class TVCSPModule(L.LightningModule):
         super().__init__()
         self.model, self.train_config, self.dataset_label = model, train_config, dataset_label
         self.ema = copy.deepcopy(model).requires_grad_(False) if train_config.ema_decay > 0 else None
+        self.epoch_batches, self.restored = 0, None  # restored: the checkpoint's "epoch_batches", until an epoch ends
 
     @property
     def inference_model(self) -> CrystalVAE:
@@ -274,6 +275,7 @@ class TVCSPModule(L.LightningModule):
         with an average that this run does not keep (``ema_decay=0``) drops it, with a warning, and continues from
         the trained weights."""
         self.check_processes(checkpoint)
+        self.restored = tuple(checkpoint.get("tvcsp", {}).get("epoch_batches", ()))
         state = checkpoint["state_dict"]
         averaged = [k for k in state if k.startswith("ema.")]
         if self.ema is not None and not averaged:
@@ -307,7 +309,14 @@ class TVCSPModule(L.LightningModule):
         steps = self.train_config.kl_warmup_steps
         return 1.0 if steps <= 0 else min(1.0, self.global_step / steps)
 
+    def on_train_epoch_start(self) -> None:
+        self.epoch_batches = self.batches_to_skip(self.trainer.num_training_batches)
+
+    def on_train_epoch_end(self) -> None:
+        self.restored = None
+
     def training_step(self, batch, batch_idx):
+        self.epoch_batches += 1  # this epoch's batches, those before a restore included (checkpoints keep it)
         self._seed(0, self.global_step)
         out = self.model(batch, teacher_forcing=self.current_epoch <= self.train_config.teacher_forcing_max_epoch)
         if self.train_config.kl_warmup_steps > 0:
@@ -376,8 +385,19 @@ class TVCSPModule(L.LightningModule):
             "stats": m.stats.to_dict(),
             "scalers": m.scalers.to_dict(),
             "world_size": self.trainer.world_size,
+            "epoch_batches": [self.current_epoch, self.epoch_batches],
             **provenance(),
         }
+
+    def batches_to_skip(self, batches_per_epoch: int) -> int:
+        """How many batches of the current epoch this process trained on before the restored checkpoint was
+        written (0 when it was written at an epoch's end, which Lightning resumes from the next epoch's start).
+        Checkpoints that do not record it (written before this count was kept) assume every epoch had
+        ``batches_per_epoch`` batches."""
+        if self.restored is None:
+            return 0
+        epoch, done = self.restored or (self.current_epoch, self.global_step - self.current_epoch * batches_per_epoch)
+        return done if epoch == self.current_epoch and 0 < done < batches_per_epoch else 0
 
 
 class SeededSampler(torch.utils.data.Sampler):
@@ -428,9 +448,8 @@ class CrystalLoaders(L.LightningDataModule):
         trainer, cfg = self.trainer, self.config
         batches = math.ceil(len(self.train_set) / trainer.world_size / cfg.batch_size)
 
-        def resume() -> int:  # this epoch's batches before the restore
-            done = trainer.global_step - trainer.current_epoch * batches
-            return done * cfg.batch_size if 0 < done < batches else 0
+        def resume() -> int:  # this epoch's crystals before the restore
+            return trainer.lightning_module.batches_to_skip(batches) * cfg.batch_size
 
         sampler = SeededSampler(len(self.train_set), cfg.seed, trainer.global_rank, trainer.world_size, resume)
         return DataLoader(CrystalDataset(self.train_set, self.scalers), batch_size=cfg.batch_size, sampler=sampler,
