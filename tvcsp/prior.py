@@ -49,6 +49,11 @@ class FlowPriorConfig:
         steps: optimiser steps of the fit; batch_size: latents per step (fresh ε and t each step).
         lr: AdamW learning rate, cosine-decayed to lr/100 over ``steps``; weight_decay: AdamW's.
         sample_steps: Heun steps from t = 0 to 1 when sampling (network calls: 2 per step, minus one).
+        smoothing: s, the standard deviation (in the standardised units of the flow, i.e. in units of the aggregate
+            posterior's spread per dimension) of Gaussian noise added to each sample: the prior becomes the flow's
+            distribution convolved with N(0, s²), a kernel smoothing that moves mass from the training crystals'
+            latents into the space between them (more novel crystals, fewer valid ones). 0: the flow as fitted.
+            A sampling setting, chosen after the fit on validation crystals (:meth:`LatentPrior.smoothed`).
         seed: seeds the fit.
     """
 
@@ -60,6 +65,7 @@ class FlowPriorConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     sample_steps: int = 25
+    smoothing: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -68,6 +74,8 @@ class FlowPriorConfig:
                 raise ValueError(f"FlowPriorConfig.{name} must be positive, got {getattr(self, name)}")
         if self.time_dim % 2:
             raise ValueError(f"FlowPriorConfig.time_dim must be even, got {self.time_dim}")
+        if not self.smoothing >= 0:
+            raise ValueError(f"FlowPriorConfig.smoothing must be ≥ 0, got {self.smoothing}")
 
     @property
     def network_calls(self) -> int:
@@ -157,7 +165,8 @@ class LatentPrior(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
         """``n`` latents ``(n, D)`` on the prior's device: Heun's method from ε ~ N(0, I) (drawn with
-        ``generator``) over ``steps`` (default ``config.sample_steps``) equal steps of t; deterministic given ε."""
+        ``generator``) over ``steps`` (default ``config.sample_steps``) equal steps of t, deterministic given ε;
+        then, with ``config.smoothing`` s > 0, plus s·ε' (ε' ~ N(0, I), drawn after ε) in standardised units."""
         steps = steps or self.config.sample_steps
         device = self.loc.device
         x = torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=self.loc.dtype)
@@ -168,7 +177,17 @@ class LatentPrior(nn.Module):
             if t1 < 1.0:  # Heun's corrector; the last step stays Euler (no evaluation at t = 1 needed)
                 guess = x + 0.5 * (t1 - t0) * (v0 + self.velocity(guess, t1.expand(n)))
             x = guess
+        if self.config.smoothing > 0:
+            x = x + self.config.smoothing * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
         return x * self.scale + self.loc
+
+    def smoothed(self, smoothing: float) -> LatentPrior:
+        """This prior (the same weights, shared) with another :attr:`FlowPriorConfig.smoothing`."""
+        prior = LatentPrior(self.latent_dim, dataclasses.replace(self.config, smoothing=smoothing),
+                            self.model_fingerprint)
+        prior.velocity, prior.loc, prior.scale = self.velocity, self.loc, self.scale
+        prior.fit_summary = dict(self.fit_summary)
+        return prior.train(self.training)
 
     def flow_matching_loss(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Conditional flow-matching loss of a batch of latents ``(B, D)``: mean over the batch of

@@ -125,11 +125,13 @@ def _sampler_record(sampler: SamplerSettings) -> dict:
 
 def prior_settings(prior: LatentPrior | None) -> dict:
     """The labels a generation run records for its prior: ``{"prior": "normal"}`` or ``{"prior": "learned",
-    "prior_network_calls": …, "prior_fingerprint": …}``."""
+    "prior_network_calls": …, "prior_fingerprint": …}``, plus ``"prior_smoothing"`` when the prior smooths its
+    samples (:attr:`tvcsp.prior.FlowPriorConfig.smoothing`)."""
     if prior is None:
         return {"prior": "normal"}
-    return {"prior": "learned", "prior_network_calls": prior.network_calls,
-            "prior_fingerprint": model_fingerprint(prior)}
+    labels = {"prior": "learned", "prior_network_calls": prior.network_calls,
+              "prior_fingerprint": model_fingerprint(prior)}
+    return labels | ({"prior_smoothing": prior.config.smoothing} if prior.config.smoothing > 0 else {})
 
 
 def _stack_evals(evals: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
