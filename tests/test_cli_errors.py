@@ -140,7 +140,7 @@ def test_cli_evaluate_run_of_an_unknown_dataset(tmp_path, capsys):
 
 def test_cli_usage_errors_are_one_line(tmp_path, capsys):
     assert "required" in run_cli(["generate", tmp_path / "m.pt"], capsys)  # --out missing
-    assert "invalid choice" in run_cli(["train"], capsys)
+    assert "required: dataset" in run_cli(["train"], capsys)
     assert "must be at least 1" in run_cli(["generate", tmp_path / "m.pt", "--out", tmp_path, "--n", "0"], capsys)
 
 

@@ -1,6 +1,8 @@
 """Command line.
 
 * ``tvcsp prepare DATASET`` parses every split into the cache and computes the statistics;
+* ``tvcsp train DATASET --profile cpu --max-steps N --out DIR`` trains a model (resumable; docs/model.md#training);
+* ``tvcsp models`` lists the shipped models with their headline numbers;
 * ``tvcsp reconstruct CHECKPOINT --split test --out DIR`` encodes and decodes a split (docs/sampling.md#reconstruction);
 * ``tvcsp generate CHECKPOINT --n 10000 --out DIR`` decodes z ~ N(0, I) (docs/sampling.md#generation);
 * ``tvcsp evaluate DIR`` computes CDVAE's metrics of a reconstruction or generation run (docs/metrics.md) and writes
@@ -120,6 +122,110 @@ def _run_options(args: argparse.Namespace) -> dict:
 def _report(samples: dict, out: str) -> None:
     n, valid = samples["num_atoms"].shape[1], int(samples["valid_lattice"][0].sum())
     print(f"{n} crystals ({valid} with a usable lattice) in {out}")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """``"90s"``, ``"10m"``, ``"2.5h"``, ``"1d"`` or Lightning's ``"DD:HH:MM:SS"`` → seconds."""
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 4:
+                raise ValueError
+            return sum(v * w for v, w in zip(parts, (86400, 3600, 60, 1), strict=True))
+        return float(text[:-1]) * DURATION_UNITS[text[-1]] if text[-1] in DURATION_UNITS else float(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 10m, 2h or 00:02:00:00)") from None
+
+
+def _lightning_time(seconds: float) -> str:
+    """Seconds → Lightning's ``"DD:HH:MM:SS"`` (whole seconds)."""
+    s = round(seconds)
+    return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """``key=value`` → (key, value); the value is a Python literal when it parses as one (``3``, ``1e-3``,
+    ``True``, ``None``), else the string."""
+    import ast
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key.strip(), ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), raw.strip()
+
+
+def _hardware(device: str | None) -> dict:
+    """``--device`` → Lightning's accelerator and devices (default: one CUDA device when there is one)."""
+    import torch
+
+    name = _device(device)
+    if name == "cpu":
+        return {"accelerator": "cpu", "devices": 1}
+    index = torch.device(name).index
+    return {"accelerator": "gpu", "devices": [index] if index is not None else 1}
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    """The ``train`` keyword arguments the options set (``--set`` last, so it can change any of them)."""
+    from .train import TrainConfig
+
+    overrides = {"seed": args.seed, **_hardware(args.device)}
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.max_time is not None:
+        overrides["max_time"] = _lightning_time(args.max_time)
+    if args.stop_after is not None:
+        overrides["session_limit_s"] = args.stop_after
+    overrides |= dict(args.set or [])
+    if args.profile == "cpu" and "max_steps" not in overrides and "max_time" not in overrides and \
+            overrides.get("max_epochs", TrainConfig.max_epochs) == TrainConfig.max_epochs:
+        raise CLIError("--profile cpu decays its learning rate over the run's budget: give --max-steps or --max-time")
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .train import train
+
+    info = _dataset(args.dataset)
+    overrides = _train_overrides(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"runs/{info.label}_{args.profile}_seed{args.seed}")
+    try:
+        result = train(info, args.profile, out, resume=args.resume, rbf=args.rbf, data_dir=args.data_dir,
+                       progress=not args.no_progress, **overrides)
+    except TypeError as err:  # an unknown --set name reaches a dataclass constructor
+        raise CLIError(f"--set: {err}") from None
+    print(f"model: {result.model_path}")
+    if result.metrics.get("steps", 0) < overrides.get("max_steps", 0):
+        print(f"to continue: the same command with --resume (state in {out / 'checkpoints' / 'last.ckpt'})")
+
+
+def _models(args: argparse.Namespace) -> None:
+    from .pretrained import available_pretrained, pretrained_path
+
+    names = available_pretrained()
+    if not names:
+        print("no shipped models found")
+    for name in names:
+        path = pretrained_path(name)
+        line = f"{name}: {path} ({path.stat().st_size / 2**20:.1f} MB"
+        line += ", learned prior" if path.with_suffix(".prior.pt").is_file() else ""
+        line += ")"
+        evaluation = path.with_name(f"{name}_evaluation.json")
+        if evaluation.is_file():
+            rec = json.loads(evaluation.read_text())["metrics"]["reconstruction"]["all"]
+            line += f"; reconstruction {rec['match_rate']:.2%} (RMSE {rec['rmse']:.4f}) on {rec['n']} test crystals"
+        card = path.with_suffix(".md")
+        print(line + (f"; card {card}" if card.is_file() else ""))
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -278,6 +384,29 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="what to do with bad rows")
     prepare.add_argument("--coordination-sample", type=_positive, help="CrystalNN on a seeded sample of N structures")
     prepare.set_defaults(run=_prepare)
+
+    tr = commands.add_parser("train", help="train a model (resumable; the exported model is printed at the end)")
+    tr.add_argument("dataset", help="perov_5, carbon_24, mp_20, carbon_24_reduced or mp_20_reduced")
+    tr.add_argument("--profile", choices=["quick", "cpu", "paper"], default="quick",
+                    help="quick (minutes, a teaching run), cpu (the CPU recipe; needs a budget) or paper (Table 4)")
+    tr.add_argument("--out", help="run folder (default runs/<dataset>_<profile>_seed<seed>)")
+    tr.add_argument("--max-steps", type=_positive, help="the budget in optimiser steps")
+    tr.add_argument("--max-time", type=_duration, help="the budget in wall-clock time (10m, 2h, 00:02:00:00)")
+    tr.add_argument("--stop-after", type=_duration,
+                    help="stop this process after this long, leaving the budget alone (continue with --resume)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last.ckpt")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--rbf", choices=["gaussian", "bessel", "hybrid", "auto"], help="radial basis (the profile's)")
+    tr.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    tr.add_argument("--threads", type=_positive, help="CPU threads (torch.set_num_threads)")
+    tr.add_argument("--set", type=_setting, action="append", metavar="KEY=VALUE",
+                    help="any setting tvcsp.train.make_configs takes (TrainConfig fields, loss_kld=…, decoder_…)")
+    tr.add_argument("--data-dir", help="folder holding <dataset>/<split>.csv[.gz] (searched first)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(run=_train)
+
+    models = commands.add_parser("models", help="list the shipped models with their headline numbers")
+    models.set_defaults(run=_models)
 
     recon = commands.add_parser("reconstruct", help="encode a split and decode it with Langevin dynamics")
     _add_sampler_options(recon, 256)

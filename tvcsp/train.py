@@ -22,7 +22,7 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
@@ -517,6 +517,16 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
 
+class ProbeProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, plus the latest probe match rates (``probe_*_match_rate``), which the probe
+    callback keeps in ``trainer.callback_metrics`` rather than logging to the bar."""
+
+    def get_metrics(self, trainer, module) -> dict:
+        probes = {k.removeprefix("probe_").replace("_match_rate", " match"): f"{float(v):.3f}"
+                  for k, v in trainer.callback_metrics.items() if k.startswith("probe_") and k.endswith("match_rate")}
+        return super().get_metrics(trainer, module) | probes
+
+
 class SessionOver(Exception):
     """Raised by :class:`LastCheckpoint` when the session limit is reached; :func:`train` catches it."""
 
@@ -718,6 +728,8 @@ def train(
                                   save_top_k=1, save_last=False)
     extra, callbacks = callbacks or [], [checkpoints, LastCheckpoint(last, cfg.checkpoint_every_n_steps,
                                                                      cfg.session_limit_s)]
+    if progress:
+        callbacks.append(ProbeProgressBar())
     if cfg.probe_every_n_epochs > 0:
         from .diagnostics import ProbeCallback
         from .sampling import SamplerSettings
