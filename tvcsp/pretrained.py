@@ -1,7 +1,13 @@
 """Models trained by the project and shipped with it: ``models/<name>.pt`` plus a model card ``models/<name>.md``.
 
-:func:`load_pretrained` finds a shipped model by name (``"perov_5"``) in ``$TVCSP_MODELS_DIR`` or the project's
-``models/`` folder and loads it weights-only; :func:`pretrained_path` says where it is without loading it.
+:func:`load_pretrained` finds a shipped model by name (``"perov_5"``) and loads it weights-only;
+:func:`pretrained_path` says where it is without loading it. The folders searched, first match wins:
+
+1. ``$TVCSP_MODELS_DIR``, when set;
+2. a source checkout's top-level ``models/`` (this package run from the checkout or installed editable);
+3. the installed package data ``tvcsp/pretrained_models/`` — ``pip install .`` (or a wheel) copies the models,
+   priors, model cards and evaluations of ``models/`` there (not ``models/resume/``), so an installed package
+   needs no checkout and no network.
 """
 
 from __future__ import annotations
@@ -19,13 +25,20 @@ class PretrainedNotFoundError(FileNotFoundError):
     """No shipped model of that name in any of the searched folders."""
 
 
+_PACKAGE = Path(__file__).resolve().parent
+INSTALLED_MODELS = _PACKAGE / "pretrained_models"
+"""Where an installed (non-editable) package keeps the shipped models: ``<site-packages>/tvcsp/pretrained_models``."""
+
+
 def _folders() -> list[Path]:
     folders = [Path(os.environ["TVCSP_MODELS_DIR"])] if os.environ.get("TVCSP_MODELS_DIR") else []
-    return [*folders, Path(__file__).resolve().parents[1] / "models"]
+    if (_PACKAGE.parent / "pyproject.toml").is_file():  # a source checkout: not a stray models/ in site-packages
+        folders.append(_PACKAGE.parent / "models")
+    return [*folders, INSTALLED_MODELS]
 
 
 def available_pretrained() -> list[str]:
-    """Names of the shipped models found (``models/*.pt``)."""
+    """Names of the shipped models found (``*.pt`` in the searched folders, not the ``*.prior.pt`` priors)."""
     return sorted({p.stem for folder in _folders() if folder.is_dir() for p in folder.glob("*.pt")
                    if not p.name.endswith(".prior.pt")})
 
@@ -48,9 +61,10 @@ def pretrained_path(name: str = "perov_5") -> Path:
 
 def load_pretrained(name: str = "perov_5", map_location: str | torch.device = "cpu"):
     """The shipped :class:`~tvcsp.vae.CrystalVAE` ``name`` in eval mode, e.g. ``load_pretrained("perov_5")``, with
-    its learned latent prior (``models/<name>.prior.pt``) attached when there is one.
+    its learned latent prior (``<name>.prior.pt`` beside the model) attached when there is one.
 
-    Its model card is ``models/<name>.md``: data, recipe, compute, metrics and limitations.
+    Its model card is ``<name>.md`` beside the model (``pretrained_path(name).with_suffix(".md")``; in the
+    repository ``models/<name>.md``): data, recipe, compute, metrics and limitations.
     """
     from .checkpoint import load_model
 
