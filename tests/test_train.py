@@ -425,3 +425,30 @@ def test_paper_profile_takes_cdvae_training_settings_from_the_registry_entry():
     assert trained_with(user) == (512, 1500, 1000)  # TrainConfig's defaults, no guess from the name
     assert trained_with(custom_dataset("mine", {"train": "train.csv"}, cdvae=get_dataset("mp_20").cdvae))[:2] == (
         256, 500)
+
+
+def test_divergence_stop_ends_a_collapsed_run_and_keeps_its_counts(tmp_path):
+    from types import SimpleNamespace
+
+    from tvcsp.train import DivergenceStop
+
+    guard = DivergenceStop(1.5, 3, tmp_path / "best.ckpt")
+    trainer = SimpleNamespace(callback_metrics={}, sanity_checking=False, should_stop=False, global_step=0)
+
+    def validate(loss):
+        trainer.callback_metrics["val_loss"] = torch.tensor(loss)
+        trainer.global_step += 10
+        guard.on_validation_end(trainer, None)
+
+    for loss in (5.0, 4.0, 7.0, 7.0, 5.9, 6.5):  # 5.9 is within 1.5 × 4: the count starts again
+        validate(loss)
+    assert not trainer.should_stop and guard.state_dict() == {"best": 4.0, "bad": 1}
+    resumed = DivergenceStop(1.5, 3, tmp_path / "best.ckpt")
+    resumed.load_state_dict(guard.state_dict())
+    guard = resumed
+    validate(11.6)
+    with pytest.warns(UserWarning, match=r"the run diverged and is stopped at step 80; .*best.ckpt holds"):
+        validate(11.6)
+    assert trainer.should_stop
+    with pytest.raises(ValueError, match="divergence_factor must be > 1"):
+        make_configs("perov_5", "cpu", divergence_factor=0.9)

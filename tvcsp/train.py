@@ -85,6 +85,8 @@ class TrainConfig:
     ema_decay: float = 0.0
     init_from: str | None = None
     session_limit_s: float | None = None
+    divergence_factor: float | None = 1.5
+    divergence_patience: int = 3
 
     def __post_init__(self):
         if self.select_by not in SELECTION_METRICS:
@@ -95,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.checkpoint_every_n_steps < 1:
             raise ValueError(f"checkpoint_every_n_steps must be positive, got {self.checkpoint_every_n_steps}")
+        if self.divergence_factor is not None and self.divergence_factor <= 1:
+            raise ValueError(f"divergence_factor must be > 1 (or None), got {self.divergence_factor}")
         if self.session_limit_s is not None and self.session_limit_s <= 0:
             raise ValueError(f"session_limit_s must be positive, got {self.session_limit_s}")
 
@@ -527,6 +531,38 @@ class ProbeProgressBar(TQDMProgressBar):
         return super().get_metrics(trainer, module) | probes
 
 
+class DivergenceStop(L.Callback):
+    """Stop a run whose validation loss has stayed above ``factor`` × its best for ``patience`` validations in a
+    row (``TrainConfig.divergence_factor``/``divergence_patience``; ``None`` switches it off), with a message naming
+    the best checkpoint to warm-start from. A run that collapses (its loss jumps and never recovers, while staying
+    finite) would otherwise spend its whole remaining budget; the counts are saved in checkpoints.
+    """
+
+    def __init__(self, factor: float, patience: int, best_path: Path):
+        self.factor, self.patience, self.best_path = factor, patience, best_path
+        self.best, self.bad = math.inf, 0
+
+    def on_validation_end(self, trainer, module) -> None:
+        loss = trainer.callback_metrics.get("val_loss")
+        if trainer.sanity_checking or loss is None:
+            return
+        loss = float(loss)
+        self.bad = self.bad + 1 if loss > self.factor * self.best else 0
+        self.best = min(self.best, loss)
+        if self.bad >= self.patience:
+            trainer.should_stop = True
+            warnings.warn(f"validation loss {loss:.4g} has been above {self.factor:g} × its best ({self.best:.4g}) "
+                          f"for {self.bad} validations: the run diverged and is stopped at step "
+                          f"{trainer.global_step}; {self.best_path} holds the best state (warm-start from it with "
+                          "init_from, at a lower lr)", stacklevel=2)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad = state["best"], state["bad"]
+
+
 class SessionOver(Exception):
     """Raised by :class:`LastCheckpoint` when the session limit is reached; :func:`train` catches it."""
 
@@ -560,7 +596,8 @@ def _stored_config(meta: dict) -> dict:
 
 RESUME_FREE = (
     "max_epochs", "max_steps", "max_time", "accelerator", "devices", "num_nodes", "num_workers", "tensorboard",
-    "checkpoint_every_n_steps", "ema_decay", "init_from", "session_limit_s",
+    "checkpoint_every_n_steps", "ema_decay", "init_from", "session_limit_s", "divergence_factor",
+    "divergence_patience",
 )
 """TrainConfig fields a resumed run may change, field by field, as they leave its trajectory (the weights step by
 step, the validation numbers, the selected model) alone:
@@ -574,6 +611,7 @@ step, the validation numbers, the selected model) alone:
 * ``ema_decay``: a weight average may be switched on or off on purpose (:meth:`TVCSPModule.on_load_checkpoint`);
 * ``init_from``: read only when a run starts;
 * ``session_limit_s``: when this process stops (:class:`LastCheckpoint`), not where the run is going;
+* ``divergence_factor``, ``divergence_patience``: when a diverged run is stopped (:class:`DivergenceStop`);
 * and, added by :func:`resume_settings`: ``lr_factor`` and ``lr_patience`` under the cosine schedule, which does
   not read them; the ``probe_*`` settings (:data:`PROBE_SETTINGS`) unless ``select_by`` is a probe metric (they
   shape the probe curve, not the weights).
@@ -728,6 +766,9 @@ def train(
                                   save_top_k=1, save_last=False)
     extra, callbacks = callbacks or [], [checkpoints, LastCheckpoint(last, cfg.checkpoint_every_n_steps,
                                                                      cfg.session_limit_s)]
+    if cfg.divergence_factor is not None:
+        callbacks.append(DivergenceStop(cfg.divergence_factor, cfg.divergence_patience,
+                                        run_dir / "checkpoints" / "best.ckpt"))
     if progress:
         callbacks.append(ProbeProgressBar())
     if cfg.probe_every_n_epochs > 0:
