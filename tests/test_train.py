@@ -452,3 +452,29 @@ def test_divergence_stop_ends_a_collapsed_run_and_keeps_its_counts(tmp_path):
     assert trainer.should_stop
     with pytest.raises(ValueError, match="divergence_factor must be > 1"):
         make_configs("perov_5", "cpu", divergence_factor=0.9)
+
+
+@pytest.mark.slow
+def test_compiled_decoder_computes_the_same_loss_and_gradients(toy):
+    """compile_decoder changes how the step runs, not what it computes: the loss and every gradient of a step agree
+    to float round-off (after many Adam steps the weights need not: Adam turns round-off in a near-zero gradient
+    into a full step)."""
+    import copy
+
+    from tvcsp.train import TVCSPModule, TrainConfig
+
+    info, root = toy
+    model, train_set = tiny_model(info, root)
+    batch = next(iter(DataLoader(CrystalDataset(train_set, model.scalers), batch_size=4)))
+    results = []
+    for compiled in (False, True):
+        module = TVCSPModule(copy.deepcopy(model), TrainConfig(compile_decoder=compiled), info.label)
+        torch.manual_seed(0)
+        loss = module.model(batch, teacher_forcing=False)["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in module.model.named_parameters()
+                                         if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    assert all(torch.allclose(grads_a[k], grads_b[k], rtol=1e-3, atol=1e-6) for k in grads_a)

@@ -87,6 +87,7 @@ class TrainConfig:
     session_limit_s: float | None = None
     divergence_factor: float | None = 1.5
     divergence_patience: int = 3
+    compile_decoder: bool = False
 
     def __post_init__(self):
         if self.select_by not in SELECTION_METRICS:
@@ -241,6 +242,8 @@ class TVCSPModule(L.LightningModule):
         super().__init__()
         self.model, self.train_config, self.dataset_label = model, train_config, dataset_label
         self.ema = copy.deepcopy(model).requires_grad_(False) if train_config.ema_decay > 0 else None
+        if train_config.compile_decoder:  # in place: the state dict keeps its keys (benchmarks/RESULTS.md)
+            model.decoder.compile()
         self.epoch_batches, self.restored = 0, None  # restored: the checkpoint's "epoch_batches", until an epoch ends
 
     @property
@@ -597,7 +600,7 @@ def _stored_config(meta: dict) -> dict:
 RESUME_FREE = (
     "max_epochs", "max_steps", "max_time", "accelerator", "devices", "num_nodes", "num_workers", "tensorboard",
     "checkpoint_every_n_steps", "ema_decay", "init_from", "session_limit_s", "divergence_factor",
-    "divergence_patience",
+    "divergence_patience", "compile_decoder",
 )
 """TrainConfig fields a resumed run may change, field by field, as they leave its trajectory (the weights step by
 step, the validation numbers, the selected model) alone:
@@ -612,6 +615,7 @@ step, the validation numbers, the selected model) alone:
 * ``init_from``: read only when a run starts;
 * ``session_limit_s``: when this process stops (:class:`LastCheckpoint`), not where the run is going;
 * ``divergence_factor``, ``divergence_patience``: when a diverged run is stopped (:class:`DivergenceStop`);
+* ``compile_decoder``: how the decoder runs, not what it computes (float round-off apart);
 * and, added by :func:`resume_settings`: ``lr_factor`` and ``lr_patience`` under the cosine schedule, which does
   not read them; the ``probe_*`` settings (:data:`PROBE_SETTINGS`) unless ``select_by`` is a probe metric (they
   shape the probe curve, not the weights).
