@@ -461,7 +461,7 @@ def test_compiled_decoder_computes_the_same_loss_and_gradients(toy):
     into a full step)."""
     import copy
 
-    from tvcsp.train import TVCSPModule, TrainConfig
+    from tvcsp.train import TrainConfig, TVCSPModule
 
     info, root = toy
     model, train_set = tiny_model(info, root)
