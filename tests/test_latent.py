@@ -13,6 +13,7 @@ from conftest import REPO, SHARED_DATA, perovskite, rock_salt, tiny_vae, toy_dat
 from pymatgen.core import Lattice, Structure
 
 from tvcsp.latent import (
+    available_projections,
     crystal_labels,
     crystal_valid,
     decode_latents,
@@ -97,6 +98,22 @@ def test_projections_are_deterministic_with_a_seed():
     assert umap.shape == (30, 2) and np.isfinite(umap).all() and np.array_equal(umap, project(x[:30], "umap", 3))
     with pytest.raises(ValueError, match="unknown projection"):
         project(x, "isomap")
+
+
+def test_available_projections_leave_out_umap_without_umap_learn(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "umap" else find_spec(name, *a))
+    assert available_projections() == (["pca", "tsne"], None)  # the default asks for nothing: no note
+    chosen, note = available_projections(["umap", "pca", "umap"])
+    assert chosen == ["pca"] and "umap-learn is not installed" in note and "\n" not in note
+    assert available_projections(["umap"])[0] == ["pca"]  # nothing left: PCA
+    assert available_projections(["tsne"]) == (["tsne"], None)
+    with pytest.raises(ValueError, match="unknown projection"):
+        available_projections(["isomap"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert available_projections() == (["pca", "tsne", "umap"], None)
 
 
 def test_neighbourhood_is_seeded_and_centred(tiny):

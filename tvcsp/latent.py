@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
     from .vae import CrystalVAE
 
-__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "OptimizationPath", "SuccessRates",
-           "crystal_labels", "crystal_valid", "decode_latents", "encode_posterior", "encode_split", "interpolate",
-           "neighbourhood", "optimize_property", "predict_property", "project", "sr_thresholds", "success_rates"]
+__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "PROJECTION_PACKAGES", "OptimizationPath", "SuccessRates",
+           "available_projections", "crystal_labels", "crystal_valid", "decode_latents", "encode_posterior",
+           "encode_split", "interpolate", "neighbourhood", "optimize_property", "predict_property", "project",
+           "sr_thresholds", "success_rates"]
 
 
 
@@ -63,6 +64,31 @@ def encode_split(model: CrystalVAE, crystals: CrystalTensors, batch_size: int = 
 
 
 PROJECTIONS = ("pca", "tsne", "umap")
+PROJECTION_PACKAGES = {"tsne": ("sklearn", "scikit-learn"), "umap": ("umap", "umap-learn")}
+"""(module, distribution) each nonlinear projection needs: scikit-learn is a core dependency, umap-learn is only
+in the ``notebooks`` and ``dev`` extras (``pip install -e ".[notebooks]"``)."""
+
+
+def available_projections(requested: Sequence[str] | None = None) -> tuple[list[str], str | None]:
+    """The projections to draw and a one-line note on those left out (``None`` when none is).
+
+    ``requested=None`` means every one of :data:`PROJECTIONS` whose library is installed (no note: nothing was
+    asked for). Requested projections whose library is missing are dropped and named in the note; if none is
+    left, PCA is used. An unknown name is a ``ValueError``.
+    """
+    import importlib.util
+
+    unknown = [m for m in requested or () if m not in PROJECTIONS]
+    if unknown:
+        raise ValueError(f"unknown projection(s) {unknown}; expected any of {PROJECTIONS}")
+    wanted = list(PROJECTIONS if requested is None else dict.fromkeys(requested))
+    missing = [m for m in wanted if m in PROJECTION_PACKAGES
+               and importlib.util.find_spec(PROJECTION_PACKAGES[m][0]) is None]
+    chosen = [m for m in wanted if m not in missing] or ["pca"]
+    if not missing or requested is None:
+        return chosen, None
+    names = ", ".join(f"{m} ({PROJECTION_PACKAGES[m][1]} is not installed)" for m in missing)
+    return chosen, f"skipping {names}: pip install -e '.[notebooks]' adds it; drawing {', '.join(chosen)}"
 
 
 def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int = 0,
