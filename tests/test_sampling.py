@@ -81,6 +81,26 @@ def test_composition_sampling_draws_the_deficit_from_the_residual():
     assert torch.allclose(third / n, torch.tensor([0.1167, 0.1167, 0.1]) / 0.3333, atol=0.04)
 
 
+def test_composition_sampling_refuses_rows_it_cannot_draw_from():
+    p = probs({8: 1.0}, {8: 1.0}, {1: 0.5}, {8: 1.0})
+    p[1, 3] = float("nan")
+    p[3, 5] = -0.1
+    with pytest.raises(ValueError, match=r"2 of 4 crystals .* \(rows \[1, 3\]\)") as info:
+        composition_sample(p, torch.tensor([2, 3, 1, 1]), make_generator(0))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"rows \[0\]"):  # all zero
+        composition_sample(torch.zeros(1, 100), torch.tensor([2]), make_generator(0))
+    nan = torch.full((1, 100), float("nan"))  # a crystal without atoms is never read
+    types = composition_sample(torch.cat([nan, probs({8: 1.0})]), torch.tensor([0, 2]), make_generator(0))
+    assert types.tolist() == [8, 8]
+
+
+def test_composition_sampling_fills_an_unnormalised_row_from_itself():
+    # 0.2·3 = 0.6 → 1 copy each, residual max(0.2 − 1/3, 0) = 0 everywhere: the third atom comes from p itself
+    types = composition_sample(probs(*[{1: 0.2, 2: 0.2}] * 200), torch.full((200,), 3), make_generator(0))
+    assert set(types.tolist()) == {1, 2}
+
+
 def test_composition_sampling_permutes_within_each_crystal():
     p = probs({1: 0.5, 2: 0.5})
     firsts = {int(composition_sample(p, torch.tensor([4]), make_generator(s))[0]) for s in range(20)}

@@ -155,19 +155,32 @@ def composition_sample(
 
     Per crystal ``b``: ``n_k = round(p_bk · N_b)`` (half to even) copies of every element ``k``; if that is
     fewer than ``N_b`` atoms, the missing ones are drawn with replacement from the residual
-    ``max(p_bk − n_k / N_b, 0)``; the list is randomly permuted and truncated to ``N_b``.
+    ``max(p_bk − n_k / N_b, 0)`` (from ``p_b`` itself where the residual is all zero, which only unnormalised
+    rows reach); the list is randomly permuted and truncated to ``N_b``.
 
     Args:
-        probs: ``(B, T)`` element probabilities, index = Z − 1.
+        probs: ``(B, T)`` element probabilities, index = Z − 1: finite, ≥ 0 and not all zero in every crystal
+            with atoms (rows of crystals with ``N_b = 0`` are not read).
         num_atoms: ``(B,)`` atoms per crystal (0 allowed).
         generator: random source on ``probs.device``.
 
     Returns:
         ``(Σ N_b,)`` long atomic numbers, crystal by crystal.
+
+    Raises:
+        ValueError: a crystal with atoms has no usable probabilities (NaN or infinite entries, negative ones, or
+            all zero; e.g. the composition head of a non-finite latent). Its types cannot be drawn, and a guess
+            would make it look like a crystal the model decoded.
     """
     device, (n_crystals, n_types) = probs.device, probs.shape
     num_atoms = num_atoms.long()
-    probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+    bad = (num_atoms > 0) & ~(torch.isfinite(probs).all(-1) & (probs >= 0).all(-1) & (probs.sum(-1) > 0))
+    if bad.any():  # one sync, outside the sampler's step loop
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(f"composition probabilities of {len(rows)} of {n_crystals} crystals are not finite, "
+                         f"non-negative and non-zero (rows {rows[:10]}{' …' if len(rows) > 10 else ''}): "
+                         "their latents or the composition head are not finite")
+    probs = torch.where((num_atoms > 0).unsqueeze(-1), probs, 0.0)
     counts = torch.round(probs * num_atoms.unsqueeze(-1).to(probs.dtype)).long()
     deficit = (num_atoms - counts.sum(-1)).clamp_min(0)
     crystal_grid = torch.arange(n_crystals, device=device).unsqueeze(-1)
@@ -177,8 +190,8 @@ def composition_sample(
     max_deficit = int(deficit.max()) if n_crystals else 0
     if max_deficit:
         residual = (probs - counts.to(probs.dtype) / num_atoms.clamp_min(1).unsqueeze(-1)).clamp_min(0.0)
-        usable = (deficit > 0) & (residual.sum(-1) > 0)
-        residual = torch.where(usable.unsqueeze(-1), residual, torch.ones_like(residual))
+        residual = torch.where((residual.sum(-1) > 0).unsqueeze(-1), residual, probs)
+        residual = torch.where((deficit > 0).unsqueeze(-1), residual, 1.0)  # rows without draws: any valid row
         draws = torch.multinomial(residual, max_deficit, replacement=True, generator=generator) + 1
         wanted = torch.arange(max_deficit, device=device) < deficit.unsqueeze(-1)
         types = torch.cat([types, draws[wanted]])
