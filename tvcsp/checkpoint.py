@@ -16,6 +16,7 @@ import torch
 
 from ._version import __version__
 from .data import DatasetStats, Scalers
+from .errors import UserInputError
 from .prior import load_prior, prior_path
 from .vae import CrystalVAE, VAEConfig
 
@@ -35,7 +36,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "tvcsp-model-1"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserInputError):
     """A checkpoint that cannot be used: an unreadable (truncated, corrupt) or foreign file, or one that does
     not fit the model, config or dataset it is loaded for. The message starts with the file's path."""
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from .errors import UserInputError
 from .geometry import lattice_params_to_matrix
 
 if TYPE_CHECKING:
@@ -79,22 +80,22 @@ class SamplerSettings:
 
     def __post_init__(self):
         if self.update not in UPDATES:
-            raise ValueError(f"update must be one of {UPDATES}, got {self.update!r}")
+            raise UserInputError(f"update must be one of {UPDATES}, got {self.update!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise UserInputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not _is_count(self.n_step_each):
-            raise ValueError(f"n_step_each must be a positive integer, got {self.n_step_each!r}")
+            raise UserInputError(f"n_step_each must be a positive integer, got {self.n_step_each!r}")
         if self.num_levels is not None and not _is_count(self.num_levels):
-            raise ValueError(f"num_levels must be a positive integer or None, got {self.num_levels!r}")
+            raise UserInputError(f"num_levels must be a positive integer or None, got {self.num_levels!r}")
         for name in ("keep_composition", "composition_prior"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise UserInputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not _is_number(self.step_lr) or self.step_lr <= 0:
-            raise ValueError(f"step_lr must be a positive number, got {self.step_lr!r}")
+            raise UserInputError(f"step_lr must be a positive number, got {self.step_lr!r}")
         if not _is_number(self.min_sigma) or self.min_sigma < 0:
-            raise ValueError(f"min_sigma must be a number ≥ 0 (Å), got {self.min_sigma!r}")
+            raise UserInputError(f"min_sigma must be a number ≥ 0 (Å), got {self.min_sigma!r}")
         if self.update == "ddim" and self.n_step_each != 1:
-            raise ValueError(f"update='ddim' takes one step per level (got n_step_each={self.n_step_each}): "
+            raise UserInputError(f"update='ddim' takes one step per level (got n_step_each={self.n_step_each}): "
                              "choose the number of steps with num_levels")
 
     def to_dict(self) -> dict:
@@ -106,14 +107,14 @@ class SamplerSettings:
         """Inverse of :meth:`to_dict`; missing keys take the defaults, unknown keys are an error."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown SamplerSettings keys: {sorted(unknown)}")
+            raise UserInputError(f"unknown SamplerSettings keys: {sorted(unknown)}")
         return cls(**data)
 
     @staticmethod
     def preset(name: str) -> SamplerSettings:
         """A named preset of :data:`SAMPLER_PRESETS`: ``'cdvae'`` or ``'fast'``."""
         if name not in SAMPLER_PRESETS:
-            raise ValueError(f"unknown sampler preset {name!r}; known: {tuple(SAMPLER_PRESETS)}")
+            raise UserInputError(f"unknown sampler preset {name!r}; known: {tuple(SAMPLER_PRESETS)}")
         return SAMPLER_PRESETS[name]
 
     def decoder_calls(self, sigmas: torch.Tensor) -> int:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import model_fingerprint, provenance
 from .data import CrystalBatches, batch_ranges
+from .errors import UserInputError
 from .geometry import lattice_params_to_matrix
 from .prior import LatentPrior, resolve_prior, sample_latents
 from .sampling import CDVAE_SAMPLER, SamplerSettings, decode, make_generator
@@ -69,7 +70,7 @@ SYMBOLS = (  # element symbols, index = Z
 )
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(UserInputError):
     """``out_dir`` already holds a run made with other settings."""
 
 
@@ -144,7 +145,7 @@ def _run(
 ) -> dict:
     """Shared driver: open/check the run, produce the missing batches, assemble, export."""
     if settings["n"] < 1 or settings["batch_size"] < 1 or settings["num_evals"] < 1:
-        raise ValueError(f"nothing to sample: n, batch_size and num_evals must be positive ({settings})")
+        raise UserInputError(f"nothing to sample: n, batch_size and num_evals must be positive ({settings})")
     out = Path(out_dir)
     meta = _open_run(out, settings, labels)
     device = torch.device(device) if device is not None else next(model.parameters()).device
