@@ -94,7 +94,9 @@ def test_projections_are_deterministic_with_a_seed():
     assert np.allclose(np.abs(pca), np.abs(PCA(2).fit_transform(x)))
     tsne = project(x[:25], "tsne", seed=3)
     assert tsne.shape == (25, 2) and np.array_equal(tsne, project(x[:25], "tsne", seed=3))
+    threads = torch.get_num_threads()
     umap = project(x[:30], "umap", seed=3)
+    assert torch.get_num_threads() == threads  # numba's OpenMP layer does not leave torch on more threads
     assert umap.shape == (30, 2) and np.isfinite(umap).all() and np.array_equal(umap, project(x[:30], "umap", 3))
     with pytest.raises(ValueError, match="unknown projection"):
         project(x, "isomap")

@@ -98,7 +98,9 @@ def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int =
     ``pca``: centred SVD, each axis' sign fixed so that its largest-magnitude loading is positive (deterministic).
     ``tsne``: scikit-learn t-SNE (PCA initialisation, ``random_state=seed``; perplexity capped at (B − 1) / 3).
     ``umap``: umap-learn's UMAP (``n_neighbors`` capped at B − 1, ``random_state=seed``, hence single-threaded
-    and reproducible); the first call in a process spends ~30 s compiling umap's numba kernels.
+    and reproducible); the first call in a process spends ~30 s compiling umap's numba kernels. numba's OpenMP
+    layer sets the OpenMP thread count torch shares to all cores; torch's is restored afterwards (left at 2 on a
+    busy 2-core machine, the decoder ran 20–35× slower).
     """
     x = np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents, dtype=np.float64)
     if method == "pca":
@@ -114,8 +116,13 @@ def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int =
     if method == "umap":
         import umap
 
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed, n_jobs=1)
-        return reducer.fit_transform(x).astype(np.float64)
+        threads = torch.get_num_threads()  # numba's OpenMP layer resets the shared runtime's thread count
+        try:
+            reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed,
+                                n_jobs=1)
+            return reducer.fit_transform(x).astype(np.float64)
+        finally:
+            torch.set_num_threads(threads)
     raise ValueError(f"unknown projection {method!r}; expected one of {PROJECTIONS}")
 
 
