@@ -17,7 +17,9 @@ from tvcsp.latent import (
     crystal_labels,
     crystal_valid,
     decode_latents,
+    encode_posterior,
     encode_split,
+    fit_pca,
     interpolate,
     neighbourhood,
     optimize_property,
@@ -116,6 +118,19 @@ def test_available_projections_leave_out_umap_without_umap_learn(monkeypatch):
         available_projections(["isomap"])
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     assert available_projections() == (["pca", "tsne", "umap"], None)
+
+
+def test_fit_pca_maps_new_points_onto_the_map_of_the_fitted_ones(tiny):
+    x = np.random.default_rng(1).normal(size=(60, 5)) * np.array([4.0, 2.0, 1.0, 0.5, 0.1]) + 3.0
+    pca = fit_pca(x)
+    assert np.array_equal(pca.transform(x), project(x, "pca"))
+    assert np.allclose(pca.axes @ pca.axes.T, np.eye(2)) and 0.8 < pca.explained < 1.0
+    assert np.allclose(pca.transform(x.mean(0, keepdims=True)), 0.0)  # the mean sits at the origin
+    new = np.random.default_rng(2).normal(size=(7, 5))
+    assert np.allclose(pca.transform(torch.tensor(new)), (new - x.mean(0)) @ pca.axes.T)
+    model, crystals, mu = tiny
+    mean, logvar = encode_posterior(model, crystals)
+    assert torch.allclose(mean, mu, atol=1e-6) and logvar.shape == mu.shape and not mean.requires_grad
 
 
 def test_neighbourhood_is_seeded_and_centred(tiny):

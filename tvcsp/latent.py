@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 
     from .vae import CrystalVAE
 
-__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "PROJECTION_PACKAGES", "OptimizationPath", "SuccessRates",
-           "available_projections", "crystal_labels", "crystal_valid", "decode_latents", "encode_posterior",
-           "encode_split", "interpolate", "neighbourhood", "optimize_property", "predict_property", "project",
-           "sr_thresholds", "success_rates"]
+__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "PROJECTION_PACKAGES", "LinearProjection",
+           "OptimizationPath", "SuccessRates", "available_projections", "crystal_labels", "crystal_valid",
+           "decode_latents", "encode_posterior", "encode_split", "fit_pca", "interpolate", "neighbourhood",
+           "optimize_property", "predict_property", "project", "sr_thresholds", "success_rates"]
 
 
 
@@ -91,6 +91,43 @@ def available_projections(requested: Sequence[str] | None = None) -> tuple[list[
     return chosen, f"skipping {names}: pip install -e '.[notebooks]' adds it; drawing {', '.join(chosen)}"
 
 
+def _as_array(latents: torch.Tensor | np.ndarray) -> np.ndarray:
+    return np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class LinearProjection:
+    """A fitted 2-D PCA that places new latents on the same map (:func:`fit_pca`).
+
+    Attributes:
+        mean: ``(D,)`` mean of the latents it was fitted on.
+        axes: ``(2, D)`` orthonormal principal directions, each signed so that its largest-magnitude loading is
+            positive (deterministic).
+        explained: fraction of the fitted latents' total variance the two axes hold.
+    """
+
+    mean: np.ndarray
+    axes: np.ndarray
+    explained: float
+
+    def transform(self, latents: torch.Tensor | np.ndarray) -> np.ndarray:
+        """``(B, D)`` latents → ``(B, 2)`` map coordinates (same units as the latents)."""
+        return (_as_array(latents) - self.mean) @ self.axes.T
+
+
+def fit_pca(latents: torch.Tensor | np.ndarray) -> LinearProjection:
+    """The two principal axes of latents ``(B, D)`` (centred SVD), as a :class:`LinearProjection` that can map
+    other latents (prior samples, generated crystals) onto the map of these; ``project(x, "pca")`` is
+    ``fit_pca(x).transform(x)``."""
+    x = _as_array(latents)
+    mean = x.mean(0)
+    _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
+    axes = vt[:2]
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
+    total = float((singular**2).sum())
+    return LinearProjection(mean, axes * signs[:, None], float((singular[:2] ** 2).sum()) / total if total else 0.0)
+
+
 def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int = 0,
             perplexity: float = 30.0, n_neighbors: int = 15) -> np.ndarray:
     """2-D projection ``(B, 2)`` of latents ``(B, D)``.
@@ -102,12 +139,9 @@ def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int =
     layer sets the OpenMP thread count torch shares to all cores; torch's is restored afterwards (left at 2 on a
     busy 2-core machine, the decoder ran 20–35× slower).
     """
-    x = np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents, dtype=np.float64)
+    x = _as_array(latents)
     if method == "pca":
-        x = x - x.mean(0)
-        axes = np.linalg.svd(x, full_matrices=False)[2][:2]
-        signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
-        return x @ (axes * signs[:, None]).T
+        return fit_pca(x).transform(x)
     if method == "tsne":
         from sklearn.manifold import TSNE
 
