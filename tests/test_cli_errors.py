@@ -13,6 +13,7 @@ from conftest import tiny_vae
 
 from tvcsp.checkpoint import CheckpointMismatchError, load_model, save_model
 from tvcsp.cli import main
+from tvcsp.errors import UserInputError
 
 
 def run_cli(argv: list[str], capsys) -> str:
@@ -162,3 +163,40 @@ def test_cli_sampler_preset_and_options(model_file, tmp_path, capsys):
     line = run_cli(["generate", model_file, "--out", tmp_path / "ddim", "--update", "ddim", "--device", "cpu"], capsys)
     assert "update='ddim' takes one step per level (got n_step_each=100)" in line
     assert "invalid choice" in run_cli(["generate", model_file, "--out", tmp_path, "--sampler", "slow"], capsys)
+
+
+def test_cli_learned_prior_the_model_lacks(model_file, tmp_path, capsys):
+    line = run_cli(["generate", model_file, "--n", 2, "--out", tmp_path / "g", "--prior", "learned", "--device", "cpu",
+                    "--no-progress"], capsys)
+    assert "this model has no learned prior" in line
+
+
+def test_the_package_user_errors_are_value_errors():
+    from tvcsp.data import CrystalParseError
+    from tvcsp.tasks import RunMismatchError
+
+    for kind in (CheckpointMismatchError, RunMismatchError, CrystalParseError):
+        assert issubclass(kind, UserInputError) and issubclass(kind, ValueError)
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug deep inside"), RuntimeError("a bug deep inside")])
+def test_other_exceptions_are_faults_and_keep_their_traceback(model_file, tmp_path, monkeypatch, error):
+    import tvcsp.tasks
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(tvcsp.tasks, "generate", broken)
+    with pytest.raises(type(error), match="a bug deep inside"):
+        main(["generate", str(model_file), "--n", "2", "--out", str(tmp_path / "g"), "--device", "cpu"])
+
+
+def test_a_user_error_raised_anywhere_in_the_package_is_one_line(model_file, tmp_path, monkeypatch, capsys):
+    import tvcsp.tasks
+
+    def refuses(*args, **kwargs):
+        raise UserInputError("the input is not usable\nsecond line")
+
+    monkeypatch.setattr(tvcsp.tasks, "generate", refuses)
+    line = run_cli(["generate", model_file, "--n", 2, "--out", tmp_path / "g", "--device", "cpu"], capsys)
+    assert line == "tvcsp: error: the input is not usable second line"

@@ -104,3 +104,45 @@ def test_two_sample_distance_tells_same_from_shifted_and_disjoint():
     assert shifted["mmd2"] > 0.05 and 0.6 < shifted["knn_accuracy"] < 0.9
     assert disjoint["knn_accuracy"] == 1.0 and disjoint["mmd2"] > shifted["mmd2"]
     assert two_sample_distance(a, b[:100])["n"] == 100  # the larger set is subsampled
+
+
+def test_posterior_usage_per_dimension():
+    from tvcsp.diagnostics import posterior_usage
+
+    mu = torch.zeros(4, 3)
+    mu[:, 0] = torch.tensor([-1.0, 0.0, 1.0, 2.0])
+    usage = posterior_usage(mu, torch.full((4, 3), math.log(0.04)))  # σ = 0.2
+    assert usage["active_units"] == 1 and usage["latent_dim"] == 3 and usage["n"] == 4
+    assert usage["mu_std_per_dim"][0] == pytest.approx(float(mu[:, 0].std())) and usage["mu_std_per_dim"][1] == 0
+    assert usage["sigma_per_dim"] == pytest.approx([0.2] * 3)
+
+
+def test_latent_prior_report_tells_the_matching_prior_from_a_wrong_one():
+    from tvcsp.diagnostics import YARDSTICK, latent_prior_report, latent_prior_table
+
+    gen = torch.Generator().manual_seed(0)
+    n, d = 800, 4
+    scale = torch.tensor([0.3, 0.3, 0.05, 0.05])  # two active units (Var μ > 0.01), two not
+    mu = torch.randn(n, d, generator=gen) * scale  # a small aggregate posterior, far narrower than N(0, I)
+    logvar = torch.full((n, d), 2 * math.log(0.05))
+    spread = (scale**2 + 0.05**2).sqrt()
+    priors = {"N(0, I)": torch.randn(n, d, generator=gen), "matching": torch.randn(n, d, generator=gen) * spread}
+    report = latent_prior_report(mu, logvar, priors, seed=1)
+    dist = report["distances"]
+    assert list(dist) == [YARDSTICK, "N(0, I)", "matching"] and dist["matching"]["n"] == n // 2
+    assert dist["N(0, I)"]["knn_accuracy"] > 0.9 and dist["N(0, I)"]["mmd2"] > 0.3
+    for name in (YARDSTICK, "matching"):
+        assert dist[name]["knn_accuracy"] < 0.62 and abs(dist[name]["mmd2"]) < 0.02
+    assert dist["N(0, I)"]["mean_std"] == pytest.approx(1.0, abs=0.05)
+    assert dist[YARDSTICK]["mean_std"] == pytest.approx(float(spread.mean()), rel=0.1)
+    assert report == latent_prior_report(mu, logvar, priors, seed=1)  # seeded
+    import json
+
+    json.dumps(report)
+    table = latent_prior_table(report)
+    assert list(table.index) == list(dist) and list(table.columns) == [
+        "n", "MMD²", "kNN accuracy", "MMD² (active units)", "kNN accuracy (active units)", "mean std"]
+    assert dist["N(0, I)"]["knn_accuracy_active"] > 0.7 and dist["matching"]["knn_accuracy_active"] < 0.62
+    assert table.attrs["usage"]["active units"] == "2 of 4" and table.attrs["usage"]["crystals"] == n
+    with pytest.raises(ValueError, match="at least 4"):
+        latent_prior_report(mu[:3], logvar[:3], priors)

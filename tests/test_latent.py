@@ -13,10 +13,13 @@ from conftest import REPO, SHARED_DATA, perovskite, rock_salt, tiny_vae, toy_dat
 from pymatgen.core import Lattice, Structure
 
 from tvcsp.latent import (
+    available_projections,
     crystal_labels,
     crystal_valid,
     decode_latents,
+    encode_posterior,
     encode_split,
+    fit_pca,
     interpolate,
     neighbourhood,
     optimize_property,
@@ -93,10 +96,41 @@ def test_projections_are_deterministic_with_a_seed():
     assert np.allclose(np.abs(pca), np.abs(PCA(2).fit_transform(x)))
     tsne = project(x[:25], "tsne", seed=3)
     assert tsne.shape == (25, 2) and np.array_equal(tsne, project(x[:25], "tsne", seed=3))
+    threads = torch.get_num_threads()
     umap = project(x[:30], "umap", seed=3)
+    assert torch.get_num_threads() == threads  # numba's OpenMP layer does not leave torch on more threads
     assert umap.shape == (30, 2) and np.isfinite(umap).all() and np.array_equal(umap, project(x[:30], "umap", 3))
     with pytest.raises(ValueError, match="unknown projection"):
         project(x, "isomap")
+
+
+def test_available_projections_leave_out_umap_without_umap_learn(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "umap" else find_spec(name, *a))
+    assert available_projections() == (["pca", "tsne"], None)  # the default asks for nothing: no note
+    chosen, note = available_projections(["umap", "pca", "umap"])
+    assert chosen == ["pca"] and "umap-learn is not installed" in note and "\n" not in note
+    assert available_projections(["umap"])[0] == ["pca"]  # nothing left: PCA
+    assert available_projections(["tsne"]) == (["tsne"], None)
+    with pytest.raises(ValueError, match="unknown projection"):
+        available_projections(["isomap"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert available_projections() == (["pca", "tsne", "umap"], None)
+
+
+def test_fit_pca_maps_new_points_onto_the_map_of_the_fitted_ones(tiny):
+    x = np.random.default_rng(1).normal(size=(60, 5)) * np.array([4.0, 2.0, 1.0, 0.5, 0.1]) + 3.0
+    pca = fit_pca(x)
+    assert np.array_equal(pca.transform(x), project(x, "pca"))
+    assert np.allclose(pca.axes @ pca.axes.T, np.eye(2)) and 0.8 < pca.explained < 1.0
+    assert np.allclose(pca.transform(x.mean(0, keepdims=True)), 0.0)  # the mean sits at the origin
+    new = np.random.default_rng(2).normal(size=(7, 5))
+    assert np.allclose(pca.transform(torch.tensor(new)), (new - x.mean(0)) @ pca.axes.T)
+    model, crystals, mu = tiny
+    mean, logvar = encode_posterior(model, crystals)
+    assert torch.allclose(mean, mu, atol=1e-6) and logvar.shape == mu.shape and not mean.requires_grad
 
 
 def test_neighbourhood_is_seeded_and_centred(tiny):

@@ -10,7 +10,7 @@ from conftest import tiny_vae
 from pymatgen.core import Structure
 
 from tvcsp import cli, tasks
-from tvcsp.checkpoint import save_model
+from tvcsp.checkpoint import device_name, save_model
 from tvcsp.geometry import batch_index, frac_to_cart, lattice_params_to_matrix, minimum_image_diff
 from tvcsp.sampling import (
     CDVAE_SAMPLER,
@@ -79,6 +79,26 @@ def test_composition_sampling_draws_the_deficit_from_the_residual():
     assert ((per == 1).sum(1) >= 1).all() and ((per == 2).sum(1) >= 1).all()
     third = torch.bincount(types, minlength=4)[1:].float() - torch.tensor([n, n, 0])
     assert torch.allclose(third / n, torch.tensor([0.1167, 0.1167, 0.1]) / 0.3333, atol=0.04)
+
+
+def test_composition_sampling_refuses_rows_it_cannot_draw_from():
+    p = probs({8: 1.0}, {8: 1.0}, {1: 0.5}, {8: 1.0})
+    p[1, 3] = float("nan")
+    p[3, 5] = -0.1
+    with pytest.raises(ValueError, match=r"2 of 4 crystals .* \(rows \[1, 3\]\)") as info:
+        composition_sample(p, torch.tensor([2, 3, 1, 1]), make_generator(0))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"rows \[0\]"):  # all zero
+        composition_sample(torch.zeros(1, 100), torch.tensor([2]), make_generator(0))
+    nan = torch.full((1, 100), float("nan"))  # a crystal without atoms is never read
+    types = composition_sample(torch.cat([nan, probs({8: 1.0})]), torch.tensor([0, 2]), make_generator(0))
+    assert types.tolist() == [8, 8]
+
+
+def test_composition_sampling_fills_an_unnormalised_row_from_itself():
+    # 0.2·3 = 0.6 → 1 copy each, residual max(0.2 − 1/3, 0) = 0 everywhere: the third atom comes from p itself
+    types = composition_sample(probs(*[{1: 0.2, 2: 0.2}] * 200), torch.full((200,), 3), make_generator(0))
+    assert set(types.tolist()) == {1, 2}
 
 
 def test_composition_sampling_permutes_within_each_crystal():
@@ -318,8 +338,47 @@ def test_reconstruct_writes_labelled_outputs(tiny, tmp_path):
     meta = json.loads((tmp_path / "rec" / "meta.json").read_text())
     assert meta["settings"]["dataset"] == "toy" and meta["settings"]["split"] == "train"
     assert meta["checkpoint"] == "model.pt" and {"commit", "device"} <= set(meta["provenance"][0])
+    assert meta["devices"] == [device_name("cpu")] and meta["devices"][0].startswith("cpu (CPU: ")
+    assert meta["provenance"][0]["sampling_device"] == meta["devices"][0] and samples["meta"]["devices"] == meta[
+        "devices"]
     gt = to_structures(samples, ground_truth=True)
     assert all(isinstance(s, Structure) for s in gt) and len(gt[0]) == int(crystals.num_atoms[0])
+
+
+def test_runs_list_every_device_they_were_sampled_on(tiny, tmp_path, monkeypatch):
+    model, _ = tiny
+    out = tmp_path / "gen"
+    generate(model, 2, out, FAST, batch_size=1, device="cpu", progress=False)
+    (out / "batches" / "batch_00001.pt").unlink()
+    monkeypatch.setattr(tasks, "device_name", lambda device: "cuda:0 (a GPU elsewhere)")  # resumed elsewhere
+    again = generate(model, 2, out, FAST, batch_size=1, device="cpu", progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["devices"] == again["meta"]["devices"] == [device_name("cpu"), "cuda:0 (a GPU elsewhere)"]
+    assert [p["sampling_device"] for p in meta["provenance"]] == meta["devices"]
+    generate(model, 2, out, FAST, batch_size=1, device="cpu", progress=False)
+    assert len(json.loads((out / "meta.json").read_text())["devices"]) == 2  # listed once each
+
+
+@pytest.mark.parametrize("task", ["generation", "reconstruction"])
+def test_a_run_from_before_the_device_label_resumes(tiny, tmp_path, task):
+    model, crystals = tiny
+    out = tmp_path / task
+
+    def run():
+        if task == "generation":
+            return generate(model, 2, out, FAST, batch_size=1, seed=3, progress=False)
+        return reconstruct(model, crystals.select(slice(0, 2)), out, FAST, batch_size=1, seed=3, progress=False)
+
+    first = run()
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["devices"]  # as written before the label existed
+    for start in meta["provenance"]:
+        del start["sampling_device"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    (out / "batches" / "batch_00001.pt").unlink()
+    again = run()
+    assert all(torch.equal(first[k], again[k]) for k in first if isinstance(first[k], torch.Tensor))
+    assert again["meta"]["devices"] == [tasks.UNRECORDED_DEVICE, device_name("cpu")]
 
 
 def test_generate_outputs_resume_and_settings_check(tiny, tmp_path, monkeypatch):

@@ -183,3 +183,24 @@ def test_plot_quality_cost_keeps_only_the_panels_asked_for(tmp_path):
              "cov_precision": 0.2, "emd_energy": 0.3}]
     assert len(viz.plot_quality_cost(summarise(rows), "toy").axes) == 6
     assert len(viz.plot_quality_cost(summarise(rows), "toy", metrics=("valid", "cov_recall")).axes) == 2
+
+
+def test_plot_prior_samples_one_panel_per_prior_on_shared_axes(tmp_path):
+    rng = np.random.default_rng(0)
+    background = rng.normal(size=(200, 2)) * 0.3
+    samples = {"N(0, I)": rng.normal(size=(150, 2)), "learned": rng.normal(size=(150, 2)) * 0.3}
+    path = tmp_path / "priors.png"
+    fig = viz.plot_prior_samples(background, samples, "priors", path=path)
+    _check(fig, path)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["N(0, I)", "learned"]
+    assert axes[0].get_xlim() == axes[1].get_xlim() and axes[0].get_xlim()[1] > 2  # N(0, I) stays on the map
+
+
+def test_plot_latent_spread(tmp_path):
+    from tvcsp.diagnostics import posterior_usage
+
+    mu = torch.randn(50, 6) * torch.tensor([1.0, 0.5, 0.2, 0.01, 0.0, 0.0])
+    usage = posterior_usage(mu, torch.full((50, 6), -2.0))
+    path = tmp_path / "spread.png"
+    _check(viz.plot_latent_spread(usage, path=path), path)

@@ -16,6 +16,7 @@ import torch
 
 from ._version import __version__
 from .data import DatasetStats, Scalers
+from .errors import UserInputError
 from .prior import load_prior, prior_path
 from .vae import CrystalVAE, VAEConfig
 
@@ -23,6 +24,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointMismatchError",
     "cpu_name",
+    "device_name",
     "load_model",
     "model_fingerprint",
     "model_from_training_checkpoint",
@@ -35,7 +37,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "tvcsp-model-1"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserInputError):
     """A checkpoint that cannot be used: an unreadable (truncated, corrupt) or foreign file, or one that does
     not fit the model, config or dataset it is loaded for. The message starts with the file's path."""
 
@@ -62,6 +64,19 @@ def cpu_name() -> str:
     except (OSError, StopIteration):
         pass
     return f"CPU: {model}, {os.cpu_count()} cores"
+
+
+def device_name(device: torch.device | str) -> str:
+    """The device a computation ran on, named for a label: ``'cpu (CPU: AMD EPYC 7B13, 2 cores)'``,
+    ``'cuda:0 (NVIDIA H100 80GB HBM3)'``; other device types by their torch name. Unlike
+    :func:`provenance`'s ``device`` (the machine's accelerator, if any), this is what was used."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return f"cpu ({cpu_name()})"
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -15,8 +15,10 @@ preset (``--sampler cdvae``, the default, or ``fast``) with any single setting c
 (docs/sampling.md#settings).
 
 A user error (a missing file or folder, an unknown dataset, an unreadable or foreign checkpoint, a run folder
-holding other settings or no finished run, bad data) prints one line ``tvcsp: error: ...`` on stderr and exits
-with status 2; ``TVCSP_DEBUG=1`` shows the traceback instead.
+holding other settings or no finished run, bad data, a sampler setting it refuses: a
+:class:`~tvcsp.errors.UserInputError`, an ``OSError`` or the command line's own check) prints one line
+``tvcsp: error: ...`` on stderr and exits with status 2; ``TVCSP_DEBUG=1`` shows the traceback instead. Any other
+exception is a fault, not a user error, and propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 from pathlib import Path
 
 from .data import SPLITS, DatasetInfo, get_dataset, load_split, load_stats
+from .errors import UserInputError
 from .sampling import PRECISIONS, SAMPLER_PRESETS, UPDATES, SamplerSettings
 
 USAGE_ERROR = 2  # exit status of every user error (as argparse's)
@@ -452,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (CLIError, ValueError, OSError) as err:  # OSError: missing data files, unwritable output folders
+    except (CLIError, UserInputError, OSError) as err:  # OSError: missing data files, unwritable output folders
         if os.environ.get("TVCSP_DEBUG"):
             raise
         parser.exit(USAGE_ERROR, f"tvcsp: error: {_one_line(str(err) or type(err).__name__)}\n")

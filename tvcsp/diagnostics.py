@@ -7,6 +7,8 @@ match rate of a fixed probe set — the number users care about — as a trainin
 * :func:`denoising_by_level` — the decoder's coordinate-score error and type accuracy at chosen noise levels.
 * :func:`two_sample_distance` — how far two sets of latents are apart (MMD and a nearest-neighbour classifier):
   how well a prior matches the encodings of held-out crystals.
+* :func:`posterior_usage`, :func:`latent_prior_report`, :func:`latent_prior_table` — the aggregate posterior of
+  encoded crystals against N(0, I) and a learned prior (notebooks 04 and 06).
 * :class:`ProbeCallback` — a Lightning callback logging all three every few epochs.
 
 Everything here runs the model in eval mode without gradients and restores the training mode afterwards.
@@ -24,8 +26,9 @@ from .data import CrystalBatches, CrystalTensors
 from .sampling import SamplerSettings, decode, make_generator
 from .vae import reparameterise
 
-__all__ = ["FAILURE_KINDS", "PROBE_SAMPLER", "ProbeCallback", "denoising_by_level", "failure_kinds", "latent_usage",
-           "probe_reconstruction", "two_sample_distance"]
+__all__ = ["FAILURE_KINDS", "PROBE_SAMPLER", "ProbeCallback", "denoising_by_level", "failure_kinds",
+           "latent_prior_report", "latent_prior_table", "latent_usage", "posterior_usage", "probe_reconstruction",
+           "two_sample_distance"]
 
 FAILURE_KINDS = ("no structure", "atom count", "composition", "positions", "sites")
 """Why a reconstruction does not match, the first that applies: no usable structure, the wrong number of atoms,
@@ -161,16 +164,106 @@ def latent_usage(model, crystals: CrystalTensors, batch_size: int = 256, active_
             mu, logvar, _ = model.encode(batch, sample=False)
             mus.append(mu.double().cpu())
             logvars.append(logvar.double().cpu())
-    mu, logvar = torch.cat(mus), torch.cat(logvars)
+    usage = posterior_usage(torch.cat(mus), torch.cat(logvars), active_threshold)
+    return {k: usage[k] for k in ("mu_spread", "posterior_sigma", "kl_per_dim", "kl", "active_units")}
+
+
+def posterior_usage(mu: torch.Tensor, logvar: torch.Tensor, active_threshold: float = 0.01) -> dict:
+    """:func:`latent_usage` of encodings already made: ``mu``, ``logvar`` ``(N, D)`` (e.g.
+    :func:`tvcsp.latent.encode_posterior`).
+
+    Returns:
+        ``mu_spread`` (mean over dimensions of std of μ across crystals), ``posterior_sigma`` (mean σ),
+        ``kl_per_dim`` (list, nats, mean over crystals), ``kl`` (their sum), ``active_units`` (dimensions with
+        Var μ > ``active_threshold``, recorded too), ``latent_dim`` D, ``n`` N, and per dimension
+        ``mu_std_per_dim`` (std of μ across crystals) and ``sigma_per_dim`` (mean σ): a dimension whose μ
+        spreads much less than its σ carries little about the crystal.
+    """
+    mu, logvar = mu.detach().double().cpu(), logvar.detach().double().cpu()
     kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp())).mean(0)
     variance = mu.var(0) if mu.shape[0] > 1 else torch.zeros(mu.shape[1], dtype=mu.dtype)
+    sigma = torch.exp(0.5 * logvar).mean(0)
     return {
         "mu_spread": float(variance.sqrt().mean()),
-        "posterior_sigma": float(torch.exp(0.5 * logvar).mean()),
+        "posterior_sigma": float(sigma.mean()),
         "kl_per_dim": kl.tolist(),
         "kl": float(kl.sum()),
         "active_units": int((variance > active_threshold).sum()),
+        "active_threshold": active_threshold,
+        "latent_dim": int(mu.shape[1]),
+        "n": int(mu.shape[0]),
+        "mu_std_per_dim": variance.sqrt().tolist(),
+        "sigma_per_dim": sigma.tolist(),
     }
+
+
+YARDSTICK = "aggregate posterior, other half of the crystals"
+"""The row of :func:`latent_prior_report` that compares the encoded crystals with themselves: what the two-sample
+statistics give for two samples of the same distribution."""
+
+
+def latent_prior_report(mu: torch.Tensor, logvar: torch.Tensor, priors: dict[str, torch.Tensor], seed: int = 0,
+                        active_threshold: float = 0.01, neighbours: int = 5) -> dict:
+    """How far the aggregate posterior of encoded crystals is from each prior's samples.
+
+    The crystals (held out from training and from the prior's fit, e.g. the test split) are split at random into
+    halves A and B; z = μ + σ·ε is drawn for each (the aggregate posterior q(z)). Every set of ``priors``
+    samples is compared with z_A by :func:`two_sample_distance`, and so is z_B (the row :data:`YARDSTICK`: the
+    values two samples of one distribution give at this size). Each comparison is made in all D dimensions and in
+    the active units only: inactive dimensions hold z ≈ N(0, 1) noise in every set and dilute the difference.
+
+    Args:
+        mu, logvar: ``(N, D)`` encodings (:func:`tvcsp.latent.encode_posterior`), N ≥ 4.
+        priors: name → ``(M, D)`` latents drawn from it (e.g. ``{"N(0, I)": …, "learned prior": …}``);
+            M ≥ N / 2 uses the full half.
+        seed: seeds the split, ε and the statistics.
+
+    Returns:
+        ``usage`` (:func:`posterior_usage`), ``distances`` (name → ``mmd2``, ``knn_accuracy``, ``n``, the same in
+        the active units ``mmd2_active``, ``knn_accuracy_active`` (``None`` without active units), and
+        ``mean_std``: the mean over dimensions of the set's std; for the yardstick that of z), ``seed``;
+        JSON-serialisable.
+    """
+    mu, logvar = mu.detach().double().cpu(), logvar.detach().double().cpu()
+    if mu.shape[0] < 4:
+        raise ValueError(f"need at least 4 encoded crystals to split in halves, got {mu.shape[0]}")
+    gen = torch.Generator().manual_seed(seed)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen, dtype=mu.dtype)
+    order = torch.randperm(mu.shape[0], generator=gen)
+    half_a, half_b = z[order[: mu.shape[0] // 2]], z[order[mu.shape[0] // 2:]]
+    sets = {YARDSTICK: half_b, **{name: latents.detach().double().cpu() for name, latents in priors.items()}}
+    active = (mu.var(0) > active_threshold).nonzero().flatten()
+    distances = {}
+    for name, latents in sets.items():
+        within = {"mmd2": None, "knn_accuracy": None}
+        if len(active):
+            within = two_sample_distance(half_a[:, active], latents[:, active], neighbours, seed)
+        spread = float(latents.std(0).mean()) if name != YARDSTICK else float(z.std(0).mean())
+        distances[name] = {**two_sample_distance(half_a, latents, neighbours, seed),
+                           "mmd2_active": within["mmd2"], "knn_accuracy_active": within["knn_accuracy"],
+                           "mean_std": spread}
+    return {"usage": posterior_usage(mu, logvar, active_threshold), "distances": distances, "seed": seed}
+
+
+def latent_prior_table(report: dict):
+    """:func:`latent_prior_report` as a pandas DataFrame, one row per latent set compared with the held-out
+    aggregate posterior (columns ``n``, ``MMD²``, ``kNN accuracy`` in all dimensions, the same two in the
+    active units, ``mean std``), with the posterior's usage (active units, mean std of μ, mean σ, KL) in
+    ``DataFrame.attrs["usage"]`` and its caption in ``attrs["caption"]``."""
+    import pandas as pd
+
+    rows = {name: {"n": d["n"], "MMD²": d["mmd2"], "kNN accuracy": d["knn_accuracy"],
+                   "MMD² (active units)": d["mmd2_active"], "kNN accuracy (active units)": d["knn_accuracy_active"],
+                   "mean std": d["mean_std"]}
+            for name, d in report["distances"].items()}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "latents vs the held-out aggregate posterior"
+    u = report["usage"]
+    table.attrs["usage"] = {"crystals": u["n"], "active units": f"{u['active_units']} of {u['latent_dim']}",
+                            "mean std of μ": u["mu_spread"], "mean σ": u["posterior_sigma"], "KL (nats)": u["kl"]}
+    table.attrs["caption"] = ("MMD² ≈ 0 and kNN accuracy ≈ 0.5: indistinguishable from the encoded crystals' "
+                              "latents; kNN accuracy 1: disjoint. The first row is the yardstick (same distribution)")
+    return table
 
 
 

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
     from .vae import CrystalVAE
 
-__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "OptimizationPath", "SuccessRates",
-           "crystal_labels", "crystal_valid", "decode_latents", "encode_posterior", "encode_split", "interpolate",
-           "neighbourhood", "optimize_property", "predict_property", "project", "sr_thresholds", "success_rates"]
+__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PROJECTIONS", "PROJECTION_PACKAGES", "LinearProjection",
+           "OptimizationPath", "SuccessRates", "available_projections", "crystal_labels", "crystal_valid",
+           "decode_latents", "encode_posterior", "encode_split", "fit_pca", "interpolate", "neighbourhood",
+           "optimize_property", "predict_property", "project", "sr_thresholds", "success_rates"]
 
 
 
@@ -63,6 +64,68 @@ def encode_split(model: CrystalVAE, crystals: CrystalTensors, batch_size: int = 
 
 
 PROJECTIONS = ("pca", "tsne", "umap")
+PROJECTION_PACKAGES = {"tsne": ("sklearn", "scikit-learn"), "umap": ("umap", "umap-learn")}
+"""(module, distribution) each nonlinear projection needs: scikit-learn is a core dependency, umap-learn is only
+in the ``notebooks`` and ``dev`` extras (``pip install -e ".[notebooks]"``)."""
+
+
+def available_projections(requested: Sequence[str] | None = None) -> tuple[list[str], str | None]:
+    """The projections to draw and a one-line note on those left out (``None`` when none is).
+
+    ``requested=None`` means every one of :data:`PROJECTIONS` whose library is installed (no note: nothing was
+    asked for). Requested projections whose library is missing are dropped and named in the note; if none is
+    left, PCA is used. An unknown name is a ``ValueError``.
+    """
+    import importlib.util
+
+    unknown = [m for m in requested or () if m not in PROJECTIONS]
+    if unknown:
+        raise ValueError(f"unknown projection(s) {unknown}; expected any of {PROJECTIONS}")
+    wanted = list(PROJECTIONS if requested is None else dict.fromkeys(requested))
+    missing = [m for m in wanted if m in PROJECTION_PACKAGES
+               and importlib.util.find_spec(PROJECTION_PACKAGES[m][0]) is None]
+    chosen = [m for m in wanted if m not in missing] or ["pca"]
+    if not missing or requested is None:
+        return chosen, None
+    names = ", ".join(f"{m} ({PROJECTION_PACKAGES[m][1]} is not installed)" for m in missing)
+    return chosen, f"skipping {names}: pip install -e '.[notebooks]' adds it; drawing {', '.join(chosen)}"
+
+
+def _as_array(latents: torch.Tensor | np.ndarray) -> np.ndarray:
+    return np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class LinearProjection:
+    """A fitted 2-D PCA that places new latents on the same map (:func:`fit_pca`).
+
+    Attributes:
+        mean: ``(D,)`` mean of the latents it was fitted on.
+        axes: ``(2, D)`` orthonormal principal directions, each signed so that its largest-magnitude loading is
+            positive (deterministic).
+        explained: fraction of the fitted latents' total variance the two axes hold.
+    """
+
+    mean: np.ndarray
+    axes: np.ndarray
+    explained: float
+
+    def transform(self, latents: torch.Tensor | np.ndarray) -> np.ndarray:
+        """``(B, D)`` latents → ``(B, 2)`` map coordinates (same units as the latents)."""
+        return (_as_array(latents) - self.mean) @ self.axes.T
+
+
+def fit_pca(latents: torch.Tensor | np.ndarray) -> LinearProjection:
+    """The two principal axes of latents ``(B, D)`` (centred SVD), as a :class:`LinearProjection` that can map
+    other latents (prior samples, generated crystals) onto the map of these; ``project(x, "pca")`` is
+    ``fit_pca(x).transform(x)``."""
+    x = _as_array(latents)
+    mean = x.mean(0)
+    _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
+    axes = vt[:2]
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
+    total = float((singular**2).sum())
+    return LinearProjection(mean, axes * signs[:, None], float((singular[:2] ** 2).sum()) / total if total else 0.0)
 
 
 def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int = 0,
@@ -72,14 +135,13 @@ def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int =
     ``pca``: centred SVD, each axis' sign fixed so that its largest-magnitude loading is positive (deterministic).
     ``tsne``: scikit-learn t-SNE (PCA initialisation, ``random_state=seed``; perplexity capped at (B − 1) / 3).
     ``umap``: umap-learn's UMAP (``n_neighbors`` capped at B − 1, ``random_state=seed``, hence single-threaded
-    and reproducible); the first call in a process spends ~30 s compiling umap's numba kernels.
+    and reproducible); the first call in a process spends ~30 s compiling umap's numba kernels. numba's OpenMP
+    layer sets the OpenMP thread count torch shares to all cores; torch's is restored afterwards (left at 2 on a
+    busy 2-core machine, the decoder ran 20–35× slower).
     """
-    x = np.asarray(latents.detach().cpu() if isinstance(latents, torch.Tensor) else latents, dtype=np.float64)
+    x = _as_array(latents)
     if method == "pca":
-        x = x - x.mean(0)
-        axes = np.linalg.svd(x, full_matrices=False)[2][:2]
-        signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
-        return x @ (axes * signs[:, None]).T
+        return fit_pca(x).transform(x)
     if method == "tsne":
         from sklearn.manifold import TSNE
 
@@ -88,8 +150,13 @@ def project(latents: torch.Tensor | np.ndarray, method: str = "pca", seed: int =
     if method == "umap":
         import umap
 
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed, n_jobs=1)
-        return reducer.fit_transform(x).astype(np.float64)
+        threads = torch.get_num_threads()  # numba's OpenMP layer resets the shared runtime's thread count
+        try:
+            reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed,
+                                n_jobs=1)
+            return reducer.fit_transform(x).astype(np.float64)
+        finally:
+            torch.set_num_threads(threads)
     raise ValueError(f"unknown projection {method!r}; expected one of {PROJECTIONS}")
 
 

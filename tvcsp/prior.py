@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._version import __version__
+from .errors import UserInputError
 
 __all__ = ["PRIOR_FORMAT", "PRIORS", "FlowPriorConfig", "LatentPrior", "VelocityField", "aggregate_posterior",
            "fit_prior", "load_prior", "prior_path", "resolve_prior", "sample_latents"]
@@ -71,11 +72,11 @@ class FlowPriorConfig:
     def __post_init__(self):
         for name in ("hidden", "num_blocks", "time_dim", "steps", "batch_size", "sample_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"FlowPriorConfig.{name} must be positive, got {getattr(self, name)}")
+                raise UserInputError(f"FlowPriorConfig.{name} must be positive, got {getattr(self, name)}")
         if self.time_dim % 2:
-            raise ValueError(f"FlowPriorConfig.time_dim must be even, got {self.time_dim}")
+            raise UserInputError(f"FlowPriorConfig.time_dim must be even, got {self.time_dim}")
         if not self.smoothing >= 0:
-            raise ValueError(f"FlowPriorConfig.smoothing must be ≥ 0, got {self.smoothing}")
+            raise UserInputError(f"FlowPriorConfig.smoothing must be ≥ 0, got {self.smoothing}")
 
     @property
     def network_calls(self) -> int:
@@ -90,7 +91,7 @@ class FlowPriorConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take their defaults."""
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown FlowPriorConfig keys: {sorted(unknown)}")
+            raise UserInputError(f"unknown FlowPriorConfig keys: {sorted(unknown)}")
         return cls(**data)
 
 
@@ -265,13 +266,13 @@ def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """Read a prior written by :meth:`LatentPrior.save` (``weights_only=True``).
 
     Raises:
-        ValueError: not a prior file, or fitted on another VAE than ``model_fingerprint`` (when given).
+        UserInputError: not a prior file, or fitted on another VAE than ``model_fingerprint`` (when given).
     """
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != PRIOR_FORMAT:
-        raise ValueError(f"{path}: not a {PRIOR_FORMAT} file")
+        raise UserInputError(f"{path}: not a {PRIOR_FORMAT} file")
     if model_fingerprint is not None and state["model_fingerprint"] != model_fingerprint:
-        raise ValueError(f"{path}: fitted on model {state['model_fingerprint']}, not on this one "
+        raise UserInputError(f"{path}: fitted on model {state['model_fingerprint']}, not on this one "
                          f"({model_fingerprint}); refit it with tvcsp.prior.fit_prior")
     prior = LatentPrior(state["latent_dim"], FlowPriorConfig.from_dict(state["config"]), state["model_fingerprint"])
     prior.load_state_dict(state["state_dict"])
@@ -285,7 +286,7 @@ def resolve_prior(model, prior: str | LatentPrior | None = None) -> LatentPrior 
     a :class:`LatentPrior` is used as given.
 
     Raises:
-        ValueError: ``"learned"`` for a model without a prior, an unknown name, or a prior of another size.
+        UserInputError: ``"learned"`` for a model without a prior, an unknown name, or a prior of another size.
     """
     if isinstance(prior, LatentPrior):
         chosen = prior
@@ -296,12 +297,12 @@ def resolve_prior(model, prior: str | LatentPrior | None = None) -> LatentPrior 
     elif prior == "learned":
         chosen = getattr(model, "latent_prior", None)
         if chosen is None:
-            raise ValueError("prior='learned' but this model has no learned prior (fit one with "
+            raise UserInputError("prior='learned' but this model has no learned prior (fit one with "
                              "tvcsp.prior.fit_prior, or use prior='normal')")
     else:
-        raise ValueError(f"prior must be one of {PRIORS} or a LatentPrior, got {prior!r}")
+        raise UserInputError(f"prior must be one of {PRIORS} or a LatentPrior, got {prior!r}")
     if chosen is not None and chosen.latent_dim != model.config.latent_dim:
-        raise ValueError(f"the prior draws {chosen.latent_dim}-dimensional latents, the model needs "
+        raise UserInputError(f"the prior draws {chosen.latent_dim}-dimensional latents, the model needs "
                          f"{model.config.latent_dim}")
     return chosen
 

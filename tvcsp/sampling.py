@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from .errors import UserInputError
 from .geometry import lattice_params_to_matrix
 
 if TYPE_CHECKING:
@@ -79,22 +80,22 @@ class SamplerSettings:
 
     def __post_init__(self):
         if self.update not in UPDATES:
-            raise ValueError(f"update must be one of {UPDATES}, got {self.update!r}")
+            raise UserInputError(f"update must be one of {UPDATES}, got {self.update!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise UserInputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not _is_count(self.n_step_each):
-            raise ValueError(f"n_step_each must be a positive integer, got {self.n_step_each!r}")
+            raise UserInputError(f"n_step_each must be a positive integer, got {self.n_step_each!r}")
         if self.num_levels is not None and not _is_count(self.num_levels):
-            raise ValueError(f"num_levels must be a positive integer or None, got {self.num_levels!r}")
+            raise UserInputError(f"num_levels must be a positive integer or None, got {self.num_levels!r}")
         for name in ("keep_composition", "composition_prior"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise UserInputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not _is_number(self.step_lr) or self.step_lr <= 0:
-            raise ValueError(f"step_lr must be a positive number, got {self.step_lr!r}")
+            raise UserInputError(f"step_lr must be a positive number, got {self.step_lr!r}")
         if not _is_number(self.min_sigma) or self.min_sigma < 0:
-            raise ValueError(f"min_sigma must be a number ≥ 0 (Å), got {self.min_sigma!r}")
+            raise UserInputError(f"min_sigma must be a number ≥ 0 (Å), got {self.min_sigma!r}")
         if self.update == "ddim" and self.n_step_each != 1:
-            raise ValueError(f"update='ddim' takes one step per level (got n_step_each={self.n_step_each}): "
+            raise UserInputError(f"update='ddim' takes one step per level (got n_step_each={self.n_step_each}): "
                              "choose the number of steps with num_levels")
 
     def to_dict(self) -> dict:
@@ -106,14 +107,14 @@ class SamplerSettings:
         """Inverse of :meth:`to_dict`; missing keys take the defaults, unknown keys are an error."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown SamplerSettings keys: {sorted(unknown)}")
+            raise UserInputError(f"unknown SamplerSettings keys: {sorted(unknown)}")
         return cls(**data)
 
     @staticmethod
     def preset(name: str) -> SamplerSettings:
         """A named preset of :data:`SAMPLER_PRESETS`: ``'cdvae'`` or ``'fast'``."""
         if name not in SAMPLER_PRESETS:
-            raise ValueError(f"unknown sampler preset {name!r}; known: {tuple(SAMPLER_PRESETS)}")
+            raise UserInputError(f"unknown sampler preset {name!r}; known: {tuple(SAMPLER_PRESETS)}")
         return SAMPLER_PRESETS[name]
 
     def decoder_calls(self, sigmas: torch.Tensor) -> int:
@@ -155,19 +156,32 @@ def composition_sample(
 
     Per crystal ``b``: ``n_k = round(p_bk · N_b)`` (half to even) copies of every element ``k``; if that is
     fewer than ``N_b`` atoms, the missing ones are drawn with replacement from the residual
-    ``max(p_bk − n_k / N_b, 0)``; the list is randomly permuted and truncated to ``N_b``.
+    ``max(p_bk − n_k / N_b, 0)`` (from ``p_b`` itself where the residual is all zero, which only unnormalised
+    rows reach); the list is randomly permuted and truncated to ``N_b``.
 
     Args:
-        probs: ``(B, T)`` element probabilities, index = Z − 1.
+        probs: ``(B, T)`` element probabilities, index = Z − 1: finite, ≥ 0 and not all zero in every crystal
+            with atoms (rows of crystals with ``N_b = 0`` are not read).
         num_atoms: ``(B,)`` atoms per crystal (0 allowed).
         generator: random source on ``probs.device``.
 
     Returns:
         ``(Σ N_b,)`` long atomic numbers, crystal by crystal.
+
+    Raises:
+        ValueError: a crystal with atoms has no usable probabilities (NaN or infinite entries, negative ones, or
+            all zero; e.g. the composition head of a non-finite latent). Its types cannot be drawn, and a guess
+            would make it look like a crystal the model decoded.
     """
     device, (n_crystals, n_types) = probs.device, probs.shape
     num_atoms = num_atoms.long()
-    probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0.0)
+    bad = (num_atoms > 0) & ~(torch.isfinite(probs).all(-1) & (probs >= 0).all(-1) & (probs.sum(-1) > 0))
+    if bad.any():  # one sync, outside the sampler's step loop
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(f"composition probabilities of {len(rows)} of {n_crystals} crystals are not finite, "
+                         f"non-negative and non-zero (rows {rows[:10]}{' …' if len(rows) > 10 else ''}): "
+                         "their latents or the composition head are not finite")
+    probs = torch.where((num_atoms > 0).unsqueeze(-1), probs, 0.0)
     counts = torch.round(probs * num_atoms.unsqueeze(-1).to(probs.dtype)).long()
     deficit = (num_atoms - counts.sum(-1)).clamp_min(0)
     crystal_grid = torch.arange(n_crystals, device=device).unsqueeze(-1)
@@ -177,8 +191,8 @@ def composition_sample(
     max_deficit = int(deficit.max()) if n_crystals else 0
     if max_deficit:
         residual = (probs - counts.to(probs.dtype) / num_atoms.clamp_min(1).unsqueeze(-1)).clamp_min(0.0)
-        usable = (deficit > 0) & (residual.sum(-1) > 0)
-        residual = torch.where(usable.unsqueeze(-1), residual, torch.ones_like(residual))
+        residual = torch.where((residual.sum(-1) > 0).unsqueeze(-1), residual, probs)
+        residual = torch.where((deficit > 0).unsqueeze(-1), residual, 1.0)  # rows without draws: any valid row
         draws = torch.multinomial(residual, max_deficit, replacement=True, generator=generator) + 1
         wanted = torch.arange(max_deficit, device=device) < deficit.unsqueeze(-1)
         types = torch.cat([types, draws[wanted]])

@@ -3,7 +3,9 @@
 A run writes into ``out_dir``:
 
 * ``meta.json`` — the settings (compared on every rerun: a mismatch raises :class:`RunMismatchError`), labels
-  (dataset, split, checkpoint path) and the :func:`~tvcsp.checkpoint.provenance` of every (re)start;
+  (dataset, split, checkpoint path; ``devices``, every device the run's batches were sampled on, see
+  :func:`~tvcsp.checkpoint.device_name`) and the :func:`~tvcsp.checkpoint.provenance` of every (re)start with
+  its ``sampling_device``;
 * ``batches/batch_NNNNN.pt`` — one file per finished batch, written atomically; a rerun skips them;
 * ``samples.pt`` — the whole run (:func:`load_samples`): per-evaluation tensors with a leading ``num_evals``
   axis — ``num_atoms`` ``(E, B)``, ``lengths``/``angles`` ``(E, B, 3)`` Å/°, ``frac_coords`` ``(E, N, 3)``,
@@ -12,7 +14,8 @@ A run writes into ``out_dir``:
 * ``cif/`` — one CIF per crystal and ``skipped.json`` (crystals that cannot be built); ``samples.extxyz``.
 
 Each batch draws from its own generator seeded by (seed, batch index), so a resumed run equals an
-uninterrupted one (bit for bit on CPU). Only :func:`write_outputs` and :func:`to_structures` import pymatgen.
+uninterrupted one (bit for bit on CPU; a run resumed on another device lists both in ``devices``). Only
+:func:`write_outputs` and :func:`to_structures` import pymatgen.
 
 Metrics read a run through :func:`to_crystal_arrays` (the crystals as sampled, judged by the metrics' own rules);
 :func:`to_structures` is for export and viewing.
@@ -32,8 +35,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import model_fingerprint, provenance
+from .checkpoint import device_name, model_fingerprint, provenance
 from .data import CrystalBatches, batch_ranges
+from .errors import UserInputError
 from .geometry import lattice_params_to_matrix
 from .prior import LatentPrior, resolve_prior, sample_latents
 from .sampling import CDVAE_SAMPLER, SamplerSettings, decode, make_generator
@@ -69,7 +73,7 @@ SYMBOLS = (  # element symbols, index = Z
 )
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(UserInputError):
     """``out_dir`` already holds a run made with other settings."""
 
 
@@ -92,8 +96,14 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _open_run(out: Path, settings: dict, labels: dict) -> dict:
-    """Create ``meta.json`` or check that the saved settings equal ``settings``; returns the meta dict."""
+UNRECORDED_DEVICE = "unrecorded (batches sampled before runs recorded their device)"
+"""The ``devices`` entry of a run started before runs recorded their device, once it is resumed."""
+
+
+def _open_run(out: Path, settings: dict, labels: dict, device: str) -> dict:
+    """Create ``meta.json`` or check that the saved settings equal ``settings``; add ``device`` (a
+    :func:`~tvcsp.checkpoint.device_name`) to the run's ``devices`` and this start to its provenance; returns the
+    meta dict."""
     settings = json.loads(json.dumps(settings))
     path = out / META_FILE
     if path.is_file():
@@ -106,9 +116,14 @@ def _open_run(out: Path, settings: dict, labels: dict) -> dict:
         if diff:
             details = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in sorted(diff.items()))
             raise RunMismatchError(f"{out} holds a run with other settings ({details}); use another output folder")
+        if "devices" not in meta:  # a run from before the label: where its batches were sampled is unknown
+            meta["devices"] = [UNRECORDED_DEVICE] if any((out / BATCH_DIR).glob("batch_*.pt")) else []
     else:
-        meta = {"settings": settings, **labels, "provenance": []}
-    meta["provenance"].append({**provenance(), "started": datetime.now(UTC).isoformat(timespec="seconds")})
+        meta = {"settings": settings, **labels, "devices": [], "provenance": []}
+    if device not in meta["devices"]:
+        meta["devices"].append(device)
+    meta["provenance"].append({**provenance(), "sampling_device": device,
+                               "started": datetime.now(UTC).isoformat(timespec="seconds")})
     out.mkdir(parents=True, exist_ok=True)
     _write_text(path, json.dumps(meta, indent=1))
     return meta
@@ -146,10 +161,10 @@ def _run(
 ) -> dict:
     """Shared driver: open/check the run, produce the missing batches, assemble, export."""
     if settings["n"] < 1 or settings["batch_size"] < 1 or settings["num_evals"] < 1:
-        raise ValueError(f"nothing to sample: n, batch_size and num_evals must be positive ({settings})")
+        raise UserInputError(f"nothing to sample: n, batch_size and num_evals must be positive ({settings})")
     out = Path(out_dir)
-    meta = _open_run(out, settings, labels)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    meta = _open_run(out, settings, labels, device_name(device))
     model.to(device).eval()
     paths = [out / BATCH_DIR / f"batch_{b:05d}.pt" for b in range(n_batches)]
     todo = [b for b, p in enumerate(paths) if not p.is_file()]

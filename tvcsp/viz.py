@@ -26,6 +26,8 @@ __all__ = [
     "element_color",
     "plot_dataset_histograms",
     "plot_hybrid_scaling",
+    "plot_latent_spread",
+    "plot_prior_samples",
     "plot_probe_curve",
     "plot_quality_cost",
     "plot_rbf",
@@ -464,6 +466,61 @@ def plot_quality_cost(summary, title: str, path: str | os.PathLike | None = None
         ax.set_xticks([], minor=True)
         ax.legend(fontsize=8)
     fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------ latent space
+
+
+def plot_prior_samples(background: np.ndarray, samples: dict[str, np.ndarray], title: str = "",
+                       background_label: str = "encoded crystals (μ)",
+                       path: str | os.PathLike | None = None) -> Figure:
+    """Prior samples over the map of encoded crystals: one panel per prior, all with the same axes.
+
+    Args:
+        background: ``(B, 2)`` map coordinates of the encoded crystals (grey in every panel), e.g.
+            ``fit_pca(mu).transform(mu)`` (:func:`tvcsp.latent.fit_pca`).
+        samples: prior name → ``(M, 2)`` coordinates of its samples on the same map (coloured).
+        title: figure title; background_label: legend entry of the grey points.
+    """
+    fig = Figure(figsize=(4.4 * max(len(samples), 1), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(len(samples), 1), sharex=True, sharey=True))
+    every = np.concatenate([np.asarray(background).reshape(-1, 2),
+                            *[np.asarray(xy).reshape(-1, 2) for xy in samples.values()]])
+    low, high = np.quantile(every, 0.001, axis=0), np.quantile(every, 0.999, axis=0)  # a few outliers off-map
+    pad = 0.05 * (high - low + 1e-9)
+    for k, (ax, (name, xy)) in enumerate(zip(axes, samples.items(), strict=False)):
+        ax.scatter(*np.asarray(background).T, s=4, color="0.75", label=f"{background_label} ({len(background)})")
+        ax.scatter(*np.asarray(xy).T, s=4, color=f"C{k}", alpha=0.6, label=f"{name} samples ({len(xy)})")
+        ax.set(title=name, xlim=(low[0] - pad[0], high[0] + pad[0]), ylim=(low[1] - pad[1], high[1] + pad[1]))
+        ax.legend(fontsize=7, markerscale=2, loc="upper right")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_latent_spread(usage: dict, title: str = "", path: str | os.PathLike | None = None) -> Figure:
+    """Per latent dimension, the spread of μ across crystals against the mean posterior σ (log axes), from
+    :func:`tvcsp.diagnostics.posterior_usage`; the diagonal is std(μ) = σ and the dotted line the active-unit
+    threshold (Var μ = ``usage["active_threshold"]``). Dimensions far left of the diagonal carry little about the
+    crystal; N(0, I) asks std(μ)² + σ² = 1 (dashed curve)."""
+    mu_std, sigma = np.asarray(usage["mu_std_per_dim"]), np.asarray(usage["sigma_per_dim"])
+    fig = Figure(figsize=(4.6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(np.maximum(mu_std, 1e-4), np.maximum(sigma, 1e-4), s=14, color="C0",
+               label=f"{len(mu_std)} dimensions ({usage['active_units']} active)")
+    top = max(float(mu_std.max(initial=1.0)), float(sigma.max(initial=1.0)), 1.0) * 1.5
+    floor = usage.get("active_threshold", 0.01) ** 0.5
+    bottom = max(min(float(mu_std.min(initial=floor)), float(sigma.min(initial=floor)), floor) / 2, 1e-4)
+    line = np.geomspace(bottom, top, 200)
+    ax.plot(line, line, color="0.5", lw=0.8, label="std(μ) = σ")
+    unit = line[line < 1]
+    ax.plot(unit, np.sqrt(1 - unit**2), color="0.3", ls="--", lw=0.8, label="std(μ)² + σ² = 1 (N(0, I))")
+    ax.axvline(floor, color="0.3", ls=":", lw=0.8, label="active-unit threshold")
+    ax.set(xscale="log", yscale="log", xlim=(bottom, top), ylim=(bottom, top), xlabel="std of μ across crystals",
+           ylabel="mean posterior σ",
+           title=title or "spread of μ against σ per dimension")
+    ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Batch, Data
 
+from ..errors import UserInputError
 from .crystals import CACHE_FORMAT_VERSION, CrystalTensors
 from .files import home_dir, locate_split, sha256_file
 from .parse import parse_csv_rows, read_rows
@@ -108,7 +109,7 @@ def load_stats(
     info = _info(dataset)
     if cutoff is None or max_neighbors is None:
         if info.paper is None:
-            raise ValueError(f"{info.name}: pass cutoff and max_neighbors (no paper settings for this dataset)")
+            raise UserInputError(f"{info.name}: pass cutoff and max_neighbors (no paper settings for this dataset)")
         cutoff = info.paper.cutoff if cutoff is None else cutoff
         max_neighbors = info.paper.max_neighbors if max_neighbors is None else max_neighbors
     crystals = load_split(info, split, cache=cache, **load_kwargs)

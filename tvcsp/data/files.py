@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..errors import UserInputError
 from .registry import DatasetInfo, SplitSource
 
 __all__ = [
@@ -93,7 +94,7 @@ def download_file(url: str, dest: Path, git_blob: str | None = None, progress: b
     """Fetch ``url`` to ``dest`` with a progress bar; verify its git blob id; write atomically.
 
     Raises:
-        ValueError: the downloaded bytes do not match ``git_blob`` (nothing is left at ``dest``).
+        UserInputError: the downloaded bytes do not match ``git_blob`` (nothing is left at ``dest``).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,7 @@ def download_file(url: str, dest: Path, git_blob: str | None = None, progress: b
         warnings.warn(f"{dest.name}: no official checksum is known; the download is unverified", stacklevel=2)
     elif (got := git_blob_id(tmp)) != git_blob:
         tmp.unlink()
-        raise ValueError(f"checksum mismatch for {url}: git blob {got}, expected {git_blob}")
+        raise UserInputError(f"checksum mismatch for {url}: git blob {got}, expected {git_blob}")
     os.replace(tmp, dest)
     return dest
 

@@ -14,12 +14,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UserInputError
 from .crystals import CrystalTensors
 
 __all__ = ["CrystalParseError", "canonical_crystal", "parse_csv_rows", "read_rows"]
 
 
-class CrystalParseError(ValueError):
+class CrystalParseError(UserInputError):
     """A CSV row that cannot be turned into a crystal."""
 
 
@@ -87,7 +88,7 @@ def parse_csv_rows(
             and material_id; ``'skip'`` drops bad rows and records them in ``meta['skipped']``.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        raise UserInputError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     workers = workers or os.cpu_count() or 1
     cifs = rows["cif"].tolist()
     bar = dict(total=len(cifs), desc=f"parsing {file}", unit="cif", disable=not progress)

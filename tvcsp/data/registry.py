@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..errors import UserInputError
+
 __all__ = [
     "DATASETS",
     "SPLITS",
@@ -81,7 +83,8 @@ class SplitSource:
         """``'test.csv.gz'`` or ``'test.csv.gz[0::2]'`` (Python slice syntax) → :class:`SplitSource`."""
         m = re.fullmatch(r"\s*([^\[\]]+?)\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*(?::\s*(-?\d*))?\s*\])?\s*", text)
         if m is None:
-            raise ValueError(f"cannot read split source {text!r}; expected 'file.csv' or 'file.csv[start:stop:step]'")
+            raise UserInputError(f"cannot read split source {text!r}; expected 'file.csv' or "
+                                 "'file.csv[start:stop:step]'")
         start, stop, step = (int(g) if g else None for g in m.groups()[1:])
         return cls(m.group(1), start, stop, step)
 
