@@ -38,6 +38,7 @@ from .data import CrystalDataset, DatasetInfo, edge_distances, fit_scalers, get_
 from .data.files import home_dir
 from .decoder import DecoderConfig
 from .encoder import EncoderConfig
+from .errors import UserInputError
 from .rbf import HybridRBF
 from .vae import CrystalVAE, VAEConfig
 
@@ -91,17 +92,17 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.select_by not in SELECTION_METRICS:
-            raise ValueError(f"select_by must be one of {SELECTION_METRICS}, got {self.select_by!r}")
+            raise UserInputError(f"select_by must be one of {SELECTION_METRICS}, got {self.select_by!r}")
         if self.select_by != "val_loss" and self.probe_every_n_epochs < 1:
-            raise ValueError(f"select_by={self.select_by!r} needs probe_every_n_epochs ≥ 1")
+            raise UserInputError(f"select_by={self.select_by!r} needs probe_every_n_epochs ≥ 1")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+            raise UserInputError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.checkpoint_every_n_steps < 1:
-            raise ValueError(f"checkpoint_every_n_steps must be positive, got {self.checkpoint_every_n_steps}")
+            raise UserInputError(f"checkpoint_every_n_steps must be positive, got {self.checkpoint_every_n_steps}")
         if self.divergence_factor is not None and self.divergence_factor <= 1:
-            raise ValueError(f"divergence_factor must be > 1 (or None), got {self.divergence_factor}")
+            raise UserInputError(f"divergence_factor must be > 1 (or None), got {self.divergence_factor}")
         if self.session_limit_s is not None and self.session_limit_s <= 0:
-            raise ValueError(f"session_limit_s must be positive, got {self.session_limit_s}")
+            raise UserInputError(f"session_limit_s must be positive, got {self.session_limit_s}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -175,7 +176,7 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
     """
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+        raise UserInputError(f"unknown profile {profile!r}; expected one of {PROFILES}")
     paper = info.paper
     cutoff, neighbors = (paper.cutoff, paper.max_neighbors) if paper else (6.0, 20)
     if rbf is None:
