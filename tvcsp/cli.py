@@ -5,6 +5,8 @@
 * ``tvcsp models`` lists the shipped models with their headline numbers;
 * ``tvcsp reconstruct CHECKPOINT --split test --out DIR`` encodes and decodes a split (docs/sampling.md#reconstruction);
 * ``tvcsp generate CHECKPOINT --n 10000 --out DIR`` decodes z ~ N(0, I) (docs/sampling.md#generation);
+* ``tvcsp predict CHECKPOINT SrTiO3 KNbO3 --n-samples 20 --out DIR`` predicts ranked crystal structures for
+  compositions (docs/sampling.md#structure-prediction);
 * ``tvcsp evaluate DIR`` computes CDVAE's metrics of a reconstruction or generation run (docs/metrics.md) and writes
   them, labelled, to ``DIR/metrics.json``; it reads the run's crystals as arrays (``tasks.to_crystal_arrays``), so
   the library's rules judge every crystal, unusable lattices included (``--novelty`` adds uniqueness and novelty
@@ -32,9 +34,11 @@ from pathlib import Path
 
 from .data import SPLITS, DatasetInfo, get_dataset, load_split, load_stats
 from .errors import UserInputError
+from .predict import RANKINGS, PredictSettings
 from .sampling import PRECISIONS, SAMPLER_PRESETS, UPDATES, SamplerSettings
 
 USAGE_ERROR = 2  # exit status of every user error (as argparse's)
+PREDICT_DEFAULTS = PredictSettings()
 SAMPLER_OPTIONS = ("n_step_each", "step_lr", "min_sigma", "num_levels", "update", "keep_composition",
                    "composition_prior", "precision")  # SamplerSettings fields with a command-line option
 
@@ -264,6 +268,23 @@ def _generate(args: argparse.Namespace) -> None:
         print("latents from N(0, I) (CDVAE's prior)")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from .checkpoint import load_model
+    from .predict import write_predictions
+
+    settings = PredictSettings(pool=args.pool, latent_steps=args.latent_steps, prior=args.prior,
+                               ranking=args.ranking, sampler=_sampler(args))
+    device = _device(args.device)
+    _checkpoint(args.checkpoint)
+    model = load_model(args.checkpoint, map_location=device).eval()
+    record = write_predictions(model, args.formulas, args.out, args.n_samples, settings, seed=args.seed,
+                               labels={"checkpoint": str(args.checkpoint)}, progress=not args.no_progress)
+    for formula, entries in record["formulas"].items():
+        best = entries[0]
+        print(f"{formula}: best {best['file']} (score {best['score']:.3f}, {best['space_group']})")
+    print(f"{len(record['formulas'])} formulas in {Path(args.out) / 'predictions.json'}")
+
+
 def _fit_prior(args: argparse.Namespace) -> None:
     import torch
 
@@ -354,9 +375,15 @@ def _add_sampler_options(parser: argparse.ArgumentParser, batch_size: int) -> No
     parser.add_argument("--out", required=True, help="run folder (created; rerun to resume)")
     parser.add_argument("--batch-size", type=_positive, default=batch_size, help=f"crystals per batch ({batch_size})")
     parser.add_argument("--num-evals", type=_positive, default=1, help="Langevin runs per latent (1)")
-    parser.add_argument("--sampler", choices=list(SAMPLER_PRESETS), default="cdvae",
-                        help="preset: cdvae (Langevin, 100 steps × 50 levels = 5,000 decoder calls; the default) or "
-                             "fast (ancestral, 2 × 50 = 100 calls, compositions kept); the options below change it")
+    _add_sampler_settings(parser, "cdvae")
+
+
+def _add_sampler_settings(parser: argparse.ArgumentParser, preset: str) -> None:
+    """``--sampler`` (default ``preset``), its per-setting options and the run options every sampling command has."""
+    parser.add_argument("--sampler", choices=list(SAMPLER_PRESETS), default=preset,
+                        help="preset: cdvae (Langevin, 100 steps × 50 levels = 5,000 decoder calls) or fast "
+                             f"(ancestral, 2 × 50 = 100 calls, compositions kept); default {preset}; the options "
+                             "below change it")
     parser.add_argument("--n-step-each", type=_positive, help="steps per noise level (cdvae 100, fast 2)")
     parser.add_argument("--step-lr", type=float, help="Langevin step size at the last level (1e-4)")
     parser.add_argument("--min-sigma", type=float, help="skip noise levels below this σ in Å (0)")
@@ -430,6 +457,24 @@ def main(argv: list[str] | None = None) -> None:
                      help="where latents come from (default: the model's learned prior when it has one, "
                           "else N(0, I); 'normal' is CDVAE's and the paper's)")
     gen.set_defaults(run=_generate)
+
+    pred = commands.add_parser("predict", help="crystal structures for given compositions, ranked (CIFs + JSON)")
+    pred.add_argument("checkpoint", help="model file (model.pt); its learned prior is used when it lies beside it")
+    pred.add_argument("formulas", nargs="+", metavar="FORMULA",
+                      help="compositions as written: SrTiO3 (5 atoms), Sr2Ti2O6 (10 atoms)")
+    pred.add_argument("--out", required=True, help="folder for <formula>/rank_NN.cif and predictions.json "
+                                                   "(rerun to add formulas; finished ones are kept)")
+    pred.add_argument("--n-samples", type=_positive, default=20, help="candidates per formula (20)")
+    pred.add_argument("--pool", type=_positive, default=PREDICT_DEFAULTS.pool,
+                      help=f"prior latents drawn per candidate, the likeliest kept ({PREDICT_DEFAULTS.pool})")
+    pred.add_argument("--latent-steps", type=int, default=PREDICT_DEFAULTS.latent_steps,
+                      help=f"gradient steps on the latents towards the composition ({PREDICT_DEFAULTS.latent_steps})")
+    pred.add_argument("--ranking", choices=RANKINGS, default=PREDICT_DEFAULTS.ranking,
+                      help=f"how candidates are ranked ({PREDICT_DEFAULTS.ranking}; docs/sampling.md)")
+    pred.add_argument("--prior", choices=["learned", "normal"],
+                      help="where latents come from (default: the model's learned prior when it has one)")
+    _add_sampler_settings(pred, "fast")
+    pred.set_defaults(run=_predict)
 
     fit = commands.add_parser("fit-prior", help="learn a latent prior for a model (written beside it)")
     fit.add_argument("checkpoint", help="model file (model.pt); the prior goes to <stem>.prior.pt beside it")

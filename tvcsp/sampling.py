@@ -410,6 +410,7 @@ def decode(
     *,
     num_atoms: torch.Tensor | None = None,
     atom_types: torch.Tensor | None = None,
+    types_fixed: bool = True,
     generator: torch.Generator | None = None,
     seed: int | None = None,
     compile: bool = False,
@@ -427,7 +428,10 @@ def decode(
         sampler: the :class:`SamplerSettings` (default CDVAE's). With ``keep_composition`` every crystal keeps
             the composition it starts with (the composition head's, rounded by :func:`composition_sample`); with
             ``composition_prior`` the composition head's log-probabilities are added to the decoder's logits.
-        num_atoms: ``(B,)`` forced atom counts; atom_types: ``(Σ N_b,)`` forced types (kept fixed).
+        num_atoms: ``(B,)`` forced atom counts; atom_types: ``(Σ N_b,)`` forced types: each atom keeps its type
+            (``types_fixed``), or they are the initial types and the sampler's type rule moves them (with
+            ``keep_composition``, every crystal keeps exactly these element counts while the decoder's logits
+            decide which atom is which element: structure prediction's rule).
         Other arguments as in :func:`langevin`.
 
     Returns:
@@ -447,8 +451,9 @@ def decode(
         init_types = atom_types.to(device).long()
     frac, types = langevin(
         model.decoder, z, num_atoms, lattice, model.sigmas, init_types, sampler, generator=generator, active=valid,
-        force_types=atom_types is not None, type_bias=composition if sampler.composition_prior else None,
-        compile=compile, noise_conditioned=model.decoder.config.noise_embedding_dim > 0, progress=progress,
+        force_types=atom_types is not None and types_fixed,
+        type_bias=composition if sampler.composition_prior else None, compile=compile,
+        noise_conditioned=model.decoder.config.noise_embedding_dim > 0, progress=progress,
     )
     return {"num_atoms": num_atoms, "lengths": lengths, "angles": angles, "frac_coords": frac.float(),
             "atom_types": types, "valid_lattice": valid}

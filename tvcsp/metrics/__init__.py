@@ -38,7 +38,13 @@ from .generation import (
 from .novelty import held_out_novelty_uniqueness, novelty_uniqueness
 from .parallel import parallel_map
 from .property_model import PropertyModel
-from .reconstruction import MATCHER_SETTINGS, evaluate_reconstruction, match_rms, reconstruction_metrics
+from .reconstruction import (
+    MATCHER_SETTINGS,
+    any_of_n_metrics,
+    evaluate_reconstruction,
+    match_rms,
+    reconstruction_metrics,
+)
 from .report import to_jsonable, write_metrics_json
 from .validity import MIN_DISTANCE, MIN_VOLUME, composition_validity, reduced_composition, structure_validity
 
@@ -53,6 +59,7 @@ __all__ = [
     "CrystalArrays",
     "EvalCrystal",
     "PropertyModel",
+    "any_of_n_metrics",
     "composition_fingerprint",
     "composition_validity",
     "construct_structure",

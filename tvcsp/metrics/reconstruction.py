@@ -23,7 +23,7 @@ import numpy as np
 from .crystal import EvalCrystal, Precision, evaluate_crystals
 from .parallel import parallel_map
 
-__all__ = ["MATCHER_SETTINGS", "evaluate_reconstruction", "match_rms", "reconstruction_metrics"]
+__all__ = ["MATCHER_SETTINGS", "any_of_n_metrics", "evaluate_reconstruction", "match_rms", "reconstruction_metrics"]
 
 MATCHER_SETTINGS = {"stol": 0.5, "angle_tol": 10.0, "ltol": 0.3}
 
@@ -124,3 +124,26 @@ def evaluate_reconstruction(
     out = reconstruction_metrics(pred_c, gt_c, workers=workers, progress=progress, **matcher)
     out["timings_s"] = {"predictions": t1 - t0, "ground_truth": t2 - t1, "matching": time.perf_counter() - t2}
     return out
+
+
+def any_of_n_metrics(rms: Sequence[Sequence[float | None]], valid: Sequence[Sequence[bool]]) -> dict:
+    """DiffCSP's multi-sample rule: a test crystal counts as matched when any of its candidates is valid and
+    matches it; its rms is the smallest among those (docs/metrics.md#structure-prediction).
+
+    Args:
+        rms: per test crystal, the :func:`match_rms` value of each of its candidates (``None`` = no match).
+        valid: the same shape, whether each candidate is valid (:class:`~.crystal.EvalCrystal` ``.valid``).
+
+    Returns:
+        ``n``, ``n_matched``, ``match_rate`` and ``rmse`` (mean over matched crystals of their best rms).
+    """
+    if len(rms) != len(valid):
+        raise ValueError(f"{len(rms)} rms lists for {len(valid)} validity lists")
+    best = []
+    for values, flags in zip(rms, valid, strict=True):
+        matched = [r for r, ok in zip(values, flags, strict=True) if r is not None and ok]
+        if matched:
+            best.append(min(matched))
+    n = len(rms)
+    return {"n": n, "n_matched": len(best), "match_rate": len(best) / n if n else None, "rmse": _mean(best)}
+
