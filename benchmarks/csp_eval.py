@@ -36,13 +36,7 @@ from tvcsp.tasks import batch_seed, model_fingerprint
 
 def targets_of(crystals, model) -> list:
     """The composition of every crystal as a :class:`~tvcsp.predict.CompositionTarget` (counts as in the cell)."""
-    from pymatgen.core import Composition, Element
-
-    out = []
-    for i in range(len(crystals)):
-        types = crystals.atom_types[crystals.atoms(i)].tolist()
-        out.append(parse_target(Composition({Element.from_Z(z): types.count(z) for z in set(types)}), model))
-    return out
+    return [parse_target(crystals.to_structure(i).composition, model) for i in range(len(crystals))]
 
 
 def run_batch(model, targets, gts, n: int, settings: PredictSettings, seed: int, workers: int) -> dict:

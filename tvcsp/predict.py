@@ -265,9 +265,8 @@ def predict_batch(model: CrystalVAE, targets: list[CompositionTarget], n: int,
     scores = rank_scores(model, decoded, counts.repeat_interleave(n, 0), latent_scores, settings.ranking)
     order = torch.sort(scores.view(-1, n), dim=1, descending=True, stable=True).indices
     order = (order + torch.arange(len(targets), device=device).unsqueeze(1) * n).flatten()
-    out = {**_select(decoded, order), "z": z[order], "latent_score": latent_scores[order], "score": scores[order],
-           "rank": torch.arange(n, device=device).repeat(len(targets))}
-    return out
+    return {**_select(decoded, order), "z": z[order], "latent_score": latent_scores[order], "score": scores[order],
+            "rank": torch.arange(n, device=device).repeat(len(targets))}
 
 
 def _select(decoded: dict, order: torch.Tensor) -> dict:
