@@ -7,7 +7,9 @@ angle_tol 10, ltol 0.3) under CDVAE's validity rule.
   and matches; RMSE the best matched), plus the top-ranked candidate's match rate.
 
 Resumable: each batch of compositions is decoded, matched and written to ``<out>/batches/`` before the next;
-rerun the same command to finish. Writes ``<out>/csp.json`` (labelled: dataset/split/subset, model, seed,
+rerun the same command to finish. Parallel: ``--processes K`` runs K copies of itself, copy i taking the batches
+b with b mod K = i (``--shard i/K``, also usable by hand across machines), one thread each; every batch keeps its
+own seed, so the numbers do not depend on K. Writes ``<out>/csp.json`` (labelled: dataset/split/subset, model, seed,
 settings, sampler, prior, commit, device, threads/workers, timings) and prints one line. Validation data choose
 the settings (``--split val``); the test split reports them.
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,7 +76,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for decoding")
     parser.add_argument("--workers", type=int, default=1, help="processes for evaluation and matching")
+    parser.add_argument("--processes", type=int, default=1, help="run K shards in parallel, then collect")
+    parser.add_argument("--shard", default="0/1", help="I/K: only the batches b with b mod K = I")
     args = parser.parse_args()
+    if args.processes > 1:
+        return run_shards(args)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
@@ -92,15 +100,21 @@ def main() -> None:
     run_file.write_text(json.dumps(run, indent=1))
 
     ranges = batch_ranges(len(crystals), args.batch_size)
-    for b, r in enumerate(tqdm(ranges, desc="csp batches")):
+    shard, shards = parse_shard(args.shard)
+    for b, r in enumerate(tqdm(ranges, desc=f"csp batches (shard {args.shard})")):
         path = args.out / "batches" / f"batch_{b:05d}.json"
-        if path.is_file():
+        if path.is_file() or b % shards != shard:
             continue
         t0 = time.perf_counter()
         result = run_batch(model, [targets[i] for i in r], [gts[i] for i in r], args.n_samples, settings,
                            batch_seed(args.seed, b), args.workers)
         result["seconds"] = time.perf_counter() - t0
         path.write_text(json.dumps(result))
+    missing = [b for b in range(len(ranges)) if not (args.out / "batches" / f"batch_{b:05d}.json").is_file()]
+    if missing:
+        print(f"shard {args.shard} done; {len(missing)} batches of other shards missing: rerun without --shard "
+              "once they are written")
+        return
     parts = [json.loads((args.out / "batches" / f"batch_{b:05d}.json").read_text()) for b in range(len(ranges))]
     rms = [x for p in parts for x in p["rms"]]
     valid = [x for p in parts for x in p["valid"]]
@@ -117,12 +131,52 @@ def main() -> None:
     labels = {"dataset": crystals.meta.get("dataset"), **run, "subset": f"first {len(crystals)} of {args.split}",
               "prior": "learned" if resolve_prior(model, args.prior) is not None else "normal",
               "checkpoint": args.model, "device": device_name("cpu"), "threads": args.threads,
-              "workers": args.workers, **provenance()}
+              "workers": args.workers, "processes": 1, **provenance()}
     (args.out / "csp.json").write_text(json.dumps(to_jsonable({"labels": labels, "metrics": report}), indent=1))
     a, t = report["any_of_n"], report["top_1"]
     print(f"{labels['subset']}, {args.n_samples} samples: top-1 {t['match_rate']:.4f} (RMSE {t['rmse']}), "
           f"any of {args.n_samples} {a['match_rate']:.4f} (RMSE {a['rmse']}); "
           f"{report['seconds_in_batches']:.0f} s in batches → {args.out / 'csp.json'}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/K"`` → ``(I, K)`` with 0 ≤ I < K."""
+    try:
+        shard, shards = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard takes I/K (e.g. 0/2), got {text!r}") from None
+    if not 0 <= shard < shards:
+        raise SystemExit(f"--shard {text}: need 0 ≤ I < K")
+    return shard, shards
+
+
+def run_shards(args) -> None:
+    """Run ``args.processes`` shards of this script as subprocesses (one thread each), then collect."""
+    base = [sys.executable, __file__, *strip_option(strip_option(sys.argv[1:], "--processes"), "--shard")]
+    start = time.perf_counter()
+    shards = [subprocess.Popen([*base, "--shard", f"{i}/{args.processes}"]) for i in range(args.processes)]
+    if any(p.wait() for p in shards):
+        raise SystemExit("a shard failed; rerun the same command to finish (written batches are kept)")
+    subprocess.run([*base, "--shard", "0/1"], check=True)  # every batch exists: this only collects
+    path = args.out / "csp.json"
+    report = json.loads(path.read_text())
+    report["labels"]["processes"] = args.processes
+    report["metrics"]["wall_seconds_all_processes"] = time.perf_counter() - start
+    path.write_text(json.dumps(report, indent=1))
+    print(f"{args.processes} processes: {report['metrics']['wall_seconds_all_processes']:.0f} s wall")
+
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
 
 
 def model_dataset(path: str) -> str:
