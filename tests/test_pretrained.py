@@ -40,8 +40,10 @@ def test_unknown_pretrained_name_lists_what_is_there(tmp_path, monkeypatch):
 
 
 def test_overrides_reach_the_model_config_and_loss_weights():
-    vae, train = make_configs("perov_5", "quick", init_logvar=-6.0, loss_kld=0.5, lr=3e-3)
+    vae, train = make_configs("perov_5", "quick", init_logvar=-6.0, loss_kld=0.5, lr=3e-3,
+                              encoder_readout="scaled_sum", decoder_hidden_dim=32, noise_type_sigma_end=1.0)
     assert vae.init_logvar == -6.0 and vae.loss.kld == 0.5 and train.lr == 3e-3
+    assert vae.encoder.readout == "scaled_sum" and vae.decoder.hidden_dim == 32 and vae.noise.type_sigma_end == 1.0
     with pytest.raises(TypeError):
         make_configs("perov_5", "quick", no_such_setting=1)
 

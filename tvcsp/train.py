@@ -218,14 +218,16 @@ def make_configs(dataset: str | DatasetInfo, profile: str = "quick", rbf: str | 
 
 def _override(vae: VAEConfig, train: TrainConfig, overrides: dict) -> tuple[VAEConfig, TrainConfig]:
     """Apply overrides by name: TrainConfig fields, VAEConfig fields (e.g. ``init_logvar``), loss weights
-    as ``loss_<term>`` (e.g. ``loss_kld=0.001``), decoder fields as ``decoder_<field>`` and noise-schedule fields
-    as ``noise_<field>``."""
+    as ``loss_<term>`` (e.g. ``loss_kld=0.001``), encoder fields as ``encoder_<field>`` (e.g.
+    ``encoder_readout="scaled_sum"``), decoder fields as ``decoder_<field>`` and noise-schedule fields as
+    ``noise_<field>``."""
     vae_fields = {f.name for f in dataclasses.fields(VAEConfig)} - {"encoder", "decoder", "noise", "loss"}
     model = {k: v for k, v in overrides.items() if k in vae_fields}
     prefixed = {prefix: {k.removeprefix(prefix): v for k, v in overrides.items() if k.startswith(prefix)}
-                for prefix in ("loss_", "decoder_", "noise_")}
+                for prefix in ("loss_", "encoder_", "decoder_", "noise_")}
     rest = {k: v for k, v in overrides.items() if k not in model and not k.startswith(tuple(prefixed))}
     vae = dataclasses.replace(vae, **model, loss=dataclasses.replace(vae.loss, **prefixed["loss_"]),
+                              encoder=dataclasses.replace(vae.encoder, **prefixed["encoder_"]),
                               decoder=dataclasses.replace(vae.decoder, **prefixed["decoder_"]),
                               noise=dataclasses.replace(vae.noise, **prefixed["noise_"]))
     return vae, dataclasses.replace(train, **rest)
