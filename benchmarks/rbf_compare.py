@@ -40,9 +40,10 @@ def main() -> None:
     result["settings"] = {"profile": "cpu", "steps": args.steps, "seeds": args.seeds, "threads": args.threads,
                           "probes": False, "val_every_n_epochs": args.val_every}
     result["paper_choice"] = info.paper.rbf if info.paper else None
-    result["wall_s_this_call"] = round(time.time() - started, 1)
-    result["provenance"] = provenance()
     path = args.out / info.name / "comparison.json"
+    earlier = json.loads(path.read_text()).get("wall_s_calls", []) if path.is_file() else []
+    result["wall_s_calls"] = [*earlier, round(time.time() - started, 1)]  # one entry per call (resumes add)
+    result["provenance"] = provenance()
     path.write_text(json.dumps(result, indent=1))
     means = ", ".join(f"{k} {v:.4f}" for k, v in result["final_val_loss"].items())
     print(f"{info.label}: {means}; winner {result['winner']} (paper: {result['paper_choice']}), margin "

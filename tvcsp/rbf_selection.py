@@ -19,11 +19,16 @@ from .train import auto_rbf, choice_path, read_metrics, train
 __all__ = ["auto_rbf", "choice_path", "compare_rbfs", "verdict"]
 
 
-def _curves(run_dir: Path) -> tuple[pd.Series, pd.Series]:
+HEAD_TERMS = ("val_natom", "val_lattice", "val_composition", "val_coord", "val_type")
+
+
+def _curves(run_dir: Path) -> tuple[pd.Series, pd.Series, dict[str, float]]:
+    """Training and validation loss against step, and the last validation's loss terms (:data:`HEAD_TERMS`)."""
     metrics = read_metrics(run_dir)
     train = metrics.dropna(subset=["train_loss"]).set_index("step")["train_loss"]
-    val = metrics.dropna(subset=["val_loss"]).set_index("step")["val_loss"]
-    return train, val
+    validations = metrics.dropna(subset=["val_loss"])
+    last = validations.iloc[-1]
+    return train, validations.set_index("step")["val_loss"], {k: float(last[k]) for k in HEAD_TERMS if k in last}
 
 
 def compare_rbfs(
@@ -44,18 +49,20 @@ def compare_rbfs(
     ``decisive``: the winner's margin over the runner-up exceeds the largest spread between seeds of one basis.
 
     Returns ``{"dataset", "profile", "seeds", "winner", "final_val_loss": {kind: mean}, "final_val_loss_per_seed":
-    {kind: {seed: loss}}, "margin", "seed_spread", "decisive", "curves": {kind: {"train": {step: loss}, "val":
-    {step: loss}}}}`` (curves of the first seed); with ``store`` it is written to :func:`choice_path` (atomically).
+    {kind: {seed: loss}}, "final_terms": {kind: {seed: {term: loss}}}, "margin", "seed_spread", "decisive",
+    "curves": {kind: {"train": {step: loss}, "val": {step: loss}}}}`` (curves of the first seed; the terms are
+    the last validation's, e.g. the atom-count and lattice heads' losses, which the choice does not use); with
+    ``store`` it is written to :func:`choice_path` (atomically).
     """
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
     result = {"dataset": info.label, "profile": profile, "seeds": list(seeds), "curves": {},
-              "final_val_loss_per_seed": {}}
+              "final_val_loss_per_seed": {}, "final_terms": {}}
     for kind in kinds:
-        per_seed = {}
+        per_seed, result["final_terms"][kind] = {}, {}
         for seed in seeds:
             out = train(info, profile, Path(run_dir) / kind / f"seed{seed}", resume=resume, rbf=kind, seed=seed,
                         **train_kwargs)
-            train_curve, val_curve = _curves(out.run_dir)
+            train_curve, val_curve, result["final_terms"][kind][seed] = _curves(out.run_dir)
             if seed == seeds[0]:
                 result["curves"][kind] = {"train": train_curve.to_dict(), "val": val_curve.to_dict()}
             per_seed[seed] = float(val_curve.iloc[-1])
