@@ -155,7 +155,7 @@ def run_shards(args) -> None:
     base = [sys.executable, __file__, *strip_option(strip_option(sys.argv[1:], "--processes"), "--shard")]
     start = time.perf_counter()
     shards = [subprocess.Popen([*base, "--shard", f"{i}/{args.processes}"]) for i in range(args.processes)]
-    if any(p.wait() for p in shards):
+    if any([p.wait() for p in shards]):  # a list: wait for every shard before judging
         raise SystemExit("a shard failed; rerun the same command to finish (written batches are kept)")
     subprocess.run([*base, "--shard", "0/1"], check=True)  # every batch exists: this only collects
     path = args.out / "csp.json"
