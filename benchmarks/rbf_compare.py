@@ -47,7 +47,8 @@ def main() -> None:
     path.write_text(json.dumps(result, indent=1))
     means = ", ".join(f"{k} {v:.4f}" for k, v in result["final_val_loss"].items())
     print(f"{info.label}: {means}; winner {result['winner']} (paper: {result['paper_choice']}), margin "
-          f"{result['margin']}, seed spread {result['seed_spread']}, decisive {result['decisive']} → {path}")
+          f"{result['margin']:.4f}, seed spread {result['seed_spread']}, decisive {result['decisive']}, lowest on "
+          f"every seed {result['wins_every_seed']} → {path}")
 
 
 if __name__ == "__main__":

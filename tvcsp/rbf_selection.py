@@ -79,12 +79,16 @@ def compare_rbfs(
 
 def verdict(per_seed: dict[str, dict[int, float]]) -> dict:
     """Winner, mean loss per basis, the winner's margin over the runner-up, the largest spread (max − min) of one
-    basis over seeds (``None`` with one seed) and whether the margin exceeds that spread."""
+    basis over seeds (``None`` with one seed), whether the margin exceeds that spread (``decisive``) and whether
+    the winner also has the lowest loss of every seed on its own (``wins_every_seed``: runs of one seed share
+    their data order, so this paired reading is weaker evidence than ``decisive`` but not nothing)."""
     means = {kind: sum(losses.values()) / len(losses) for kind, losses in per_seed.items()}
     ranked = sorted(means, key=means.get)
     margin = means[ranked[1]] - means[ranked[0]] if len(ranked) > 1 else None
     spreads = [max(v.values()) - min(v.values()) for v in per_seed.values() if len(v) > 1]
     spread = max(spreads) if spreads else None
     decisive = None if spread is None or margin is None else margin > spread
+    seeds = set.intersection(*(set(v) for v in per_seed.values()))
+    wins_every_seed = all(min(per_seed, key=lambda k: per_seed[k][s]) == ranked[0] for s in seeds)
     return {"winner": ranked[0], "final_val_loss": means, "margin": margin, "seed_spread": spread,
-            "decisive": decisive}
+            "decisive": decisive, "wins_every_seed": wins_every_seed}
