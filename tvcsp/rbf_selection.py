@@ -50,6 +50,7 @@ def compare_rbfs(
 
     Returns ``{"dataset", "profile", "seeds", "winner", "final_val_loss": {kind: mean}, "final_val_loss_per_seed":
     {kind: {seed: loss}}, "final_terms": {kind: {seed: {term: loss}}}, "margin", "seed_spread", "decisive",
+    "wins_every_seed",
     "curves": {kind: {"train": {step: loss}, "val": {step: loss}}}}`` (curves of the first seed; the terms are
     the last validation's, e.g. the atom-count and lattice heads' losses, which the choice does not use); with
     ``store`` it is written to :func:`choice_path` (atomically).
