@@ -1,9 +1,12 @@
-"""Evaluate a model file on perov_5 the way its model card reports it: Table 1 and Table 3 of the paper.
+"""Evaluate a model file the way its model card reports it: Table 1 and Table 3 of the paper, on the dataset the
+model was trained on (``--dataset`` names another label of the same data, e.g. with other split files).
 
 1. Reconstruction of test crystals (a seeded random subset of ``--limit``, or the whole split with
-   ``--limit 0``): CDVAE's match rate and RMSE, plus the same on the test crystals whose reduced formula never
-   occurs in the training split (the benchmark shares polymorphs between splits).
-2. Generation of ``--n-generate`` crystals from z ~ N(0, I): validity, COV-R / COV-P and property EMDs against
+   ``--limit 0``): CDVAE's match rate and RMSE, why the unmatched ones fail
+   (``tvcsp.diagnostics.failure_kinds``), plus match rate and RMSE on the test crystals whose reduced formula
+   never occurs in the training split (the benchmark shares polymorphs between splits).
+2. Generation of ``--n-generate`` crystals from z ~ N(0, I) (``--prior normal``, the paper's; ``--prior learned``
+   draws from the model's learned prior beside it): validity, COV-R / COV-P and property EMDs against
    the test split (or its first ``--reference-limit`` crystals); the energy EMD needs CDVAE's property model
    and is skipped, with the reason stored, where it cannot be fetched.
 
@@ -23,12 +26,13 @@ from pathlib import Path
 import torch
 from pymatgen.core import Composition, Element
 
-from tvcsp.checkpoint import load_model, provenance
+from tvcsp.checkpoint import load_model, provenance, read_checkpoint
 from tvcsp.data import get_dataset, load_split
+from tvcsp.diagnostics import failure_kinds
 from tvcsp.metrics import evaluate_crystals, evaluate_generation, reconstruction_metrics, write_metrics_json
 from tvcsp.metrics.property_model import energy_predictor
 from tvcsp.sampling import SamplerSettings
-from tvcsp.tasks import generate, reconstruct, to_crystal_arrays
+from tvcsp.tasks import generate, reconstruct, to_crystal_arrays, to_structures
 
 
 def reduced_formulas(crystals) -> list[str]:
@@ -55,16 +59,19 @@ def sampler_settings(args) -> SamplerSettings:
 
 def evaluate_reconstruction_split(model, crystals, train_formulas: set[str], args) -> dict:
     samples = reconstruct(model, crystals, args.out / "reconstruction", sampler_settings(args),
-                          batch_size=args.batch_size, seed=args.seed, dataset="perov_5", split="test",
+                          batch_size=args.batch_size, seed=args.seed, dataset=args.dataset, split="test",
                           checkpoint=str(args.model), progress=True)
     pred = evaluate_crystals(to_crystal_arrays(samples), workers=args.workers, desc="predictions")
     truth = evaluate_crystals(to_crystal_arrays(samples, ground_truth=True), workers=args.workers,
                               desc="ground truth")
     everything = reconstruction_metrics(pred, truth, workers=args.workers)
     novel = [i for i, f in enumerate(reduced_formulas(crystals)) if f not in train_formulas]
-    unseen = reconstruction_metrics([pred[i] for i in novel], [truth[i] for i in novel], workers=args.workers)
+    unseen = (reconstruction_metrics([pred[i] for i in novel], [truth[i] for i in novel], workers=args.workers)
+              if novel else {"n": 0})  # e.g. carbon_24: one formula
+    failures = failure_kinds(to_structures(samples), to_structures(samples, ground_truth=True),
+                             everything["rms_dist"])
     drop = ("rms_dist",)
-    return {"all": {k: v for k, v in everything.items() if k not in drop},
+    return {"all": {**{k: v for k, v in everything.items() if k not in drop}, "failures": failures},
             "unseen_formula": {k: v for k, v in unseen.items() if k not in drop}}
 
 
@@ -79,6 +86,9 @@ def main() -> None:
     parser.add_argument("--update", default="langevin", choices=["langevin", "ancestral", "ddim"])
     parser.add_argument("--keep-composition", action="store_true", help="types keep the composition head's counts")
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--prior", default="normal", choices=["normal", "learned"],
+                        help="where generated latents come from (normal: N(0, I), the paper's)")
+    parser.add_argument("--dataset", default=None, help="dataset label (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
@@ -86,8 +96,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out = args.out or Path("runs") / f"evaluate_{args.model.stem}"
-    info = get_dataset("perov_5")
-    model = load_model(args.model, dataset=info.name).eval()
+    args.dataset = args.dataset or read_checkpoint(args.model)["dataset"]
+    info = get_dataset(args.dataset)
+    model = load_model(args.model).eval()
     test = load_split(info, "test", progress=False)
     train_formulas = set(reduced_formulas(load_split(info, "train", progress=False)))
     timings, t0 = {}, time.perf_counter()
@@ -97,7 +108,7 @@ def main() -> None:
 
     sampler = sampler_settings(args)
     samples = generate(model, args.n_generate, args.out / "generation", sampler, batch_size=args.batch_size,
-                       seed=args.seed, dataset=info.name, checkpoint=str(args.model))
+                       seed=args.seed, prior=args.prior, dataset=info.label, checkpoint=str(args.model))
     reference = test_subset(test, args.reference_limit, args.seed)
     predict, skipped = energy_predictor(info.name)
     gen = evaluate_generation(to_crystal_arrays(samples), reference.to_crystal_arrays(), info.name, predict=predict,
@@ -106,13 +117,14 @@ def main() -> None:
     labels = {"dataset": info.label, "split": "test", "model": str(args.model), "n_reconstructed": len(crystals),
               "test_size": len(test), "n_generated": args.n_generate, "n_reference": len(reference),
               **sampler.to_dict(), "decoder_calls_per_crystal": sampler.decoder_calls(model.sigmas),
-              "latent": "sampled z (CDVAE)", "seed": args.seed, "threads": args.threads, **provenance()}
+              "latent": "sampled z (CDVAE)", "prior": args.prior, "seed": args.seed, "threads": args.threads,
+              **provenance()}
     metrics = {"reconstruction": recon, "generation": gen, "timings_s": timings}
     path = write_metrics_json(args.out / "evaluation.json", metrics, labels)
     r, u, v, c = recon["all"], recon["unseen_formula"], gen["validity"], gen["coverage"]
     print(json.dumps(labels, indent=1))
     print(f"reconstruction ({r['n']} test crystals): match {r['match_rate']:.4f}, RMSE {r['rmse']}; "
-          f"unseen formulas ({u['n']}): match {u['match_rate']}, RMSE {u['rmse']}")
+          f"unseen formulas ({u['n']}): match {u.get('match_rate')}, RMSE {u.get('rmse')}")
     print(f"generation ({args.n_generate}): struct valid {v['struct_valid']:.4f}, comp valid {v['comp_valid']:.4f}, "
           f"COV-R {c['cov_recall']:.4f}, COV-P {c['cov_precision']:.4f}; written {path}")
 
