@@ -32,7 +32,7 @@ from tvcsp.diagnostics import failure_kinds
 from tvcsp.metrics import evaluate_crystals, evaluate_generation, reconstruction_metrics, write_metrics_json
 from tvcsp.metrics.property_model import energy_predictor
 from tvcsp.sampling import SamplerSettings
-from tvcsp.tasks import generate, reconstruct, to_crystal_arrays, to_structures
+from tvcsp.tasks import generate, reconstruct, to_crystal_arrays
 
 
 def reduced_formulas(crystals) -> list[str]:
@@ -68,8 +68,7 @@ def evaluate_reconstruction_split(model, crystals, train_formulas: set[str], arg
     novel = [i for i, f in enumerate(reduced_formulas(crystals)) if f not in train_formulas]
     unseen = (reconstruction_metrics([pred[i] for i in novel], [truth[i] for i in novel], workers=args.workers)
               if novel else {"n": 0})  # e.g. carbon_24: one formula
-    failures = failure_kinds(to_structures(samples), to_structures(samples, ground_truth=True),
-                             everything["rms_dist"])
+    failures = failure_kinds([c.structure for c in pred], [c.structure for c in truth], everything["rms_dist"])
     drop = ("rms_dist",)
     return {"all": {**{k: v for k, v in everything.items() if k not in drop}, "failures": failures},
             "unseen_formula": {k: v for k, v in unseen.items() if k not in drop}}
