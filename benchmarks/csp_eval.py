@@ -19,6 +19,7 @@ Run: ``python benchmarks/csp_eval.py models/perov_5.pt --n-samples 1 --out runs/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from evaluate_model import reduced_formulas
 from tqdm.auto import tqdm
 
 from tvcsp.checkpoint import device_name, load_model, provenance
@@ -73,6 +75,9 @@ def main() -> None:
     parser.add_argument("--ranking", default=PredictSettings().ranking)
     parser.add_argument("--prior", choices=["learned", "normal"])
     parser.add_argument("--sampler", default="fast", choices=["fast", "cdvae"])
+    parser.add_argument("--update", choices=["langevin", "ancestral", "ddim"], help="replaces the preset's update")
+    parser.add_argument("--n-step-each", type=int, help="replaces the preset's steps per noise level")
+    parser.add_argument("--refine", type=int, default=PredictSettings().refine, help="rounds of re-encoding")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for decoding")
     parser.add_argument("--workers", type=int, default=1, help="processes for evaluation and matching")
@@ -85,8 +90,11 @@ def main() -> None:
     start = time.perf_counter()
 
     model = load_model(args.model).eval()
+    sampler = SamplerSettings.preset(args.sampler)
+    changes = {"update": args.update, "n_step_each": args.n_step_each}
+    sampler = dataclasses.replace(sampler, **{k: v for k, v in changes.items() if v is not None})
     settings = PredictSettings(pool=args.pool, latent_steps=args.latent_steps, ranking=args.ranking,
-                               prior=args.prior, sampler=SamplerSettings.preset(args.sampler))
+                               refine=args.refine, prior=args.prior, sampler=sampler)
     crystals = load_split(model_dataset(args.model), args.split)
     if args.limit:
         crystals = crystals.select(slice(0, args.limit))
@@ -118,9 +126,15 @@ def main() -> None:
     parts = [json.loads((args.out / "batches" / f"batch_{b:05d}.json").read_text()) for b in range(len(ranges))]
     rms = [x for p in parts for x in p["rms"]]
     valid = [x for p in parts for x in p["valid"]]
+    train_formulas = set(reduced_formulas(load_split(model_dataset(args.model), "train", progress=False)))
+    unseen = [i for i, f in enumerate(reduced_formulas(crystals)) if f not in train_formulas]
     report = {
         "any_of_n": any_of_n_metrics(rms, valid),
         "top_1": any_of_n_metrics([x[:1] for x in rms], [v[:1] for v in valid]),
+        "unseen_formula": {  # no training crystal has the composition (on perov_5: neither cation order)
+            "any_of_n": any_of_n_metrics([rms[i] for i in unseen], [valid[i] for i in unseen]),
+            "top_1": any_of_n_metrics([rms[i][:1] for i in unseen], [valid[i][:1] for i in unseen]),
+        } if unseen else {"n": 0},
         "per_candidate_match": float(np.mean([r is not None and ok for xs, vs in zip(rms, valid, strict=True)
                                               for r, ok in zip(xs, vs, strict=True)])),
         "candidates_valid": float(np.mean([ok for vs in valid for ok in vs])),
