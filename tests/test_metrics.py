@@ -34,7 +34,9 @@ from tvcsp.metrics import (
     structures_from_arrays,
     write_metrics_json,
 )
+from tvcsp.metrics import validity as validity_module
 from tvcsp.metrics.fingerprints import COMP_SCALER, MAGPIE_STATS
+from tvcsp.metrics.validity import smact_screen
 
 
 def magnesia() -> Structure:
@@ -102,6 +104,33 @@ def test_smact14_accepts(formula):
 @pytest.mark.parametrize("formula", ["NaCl2", "Na2Cl", "NaCl3", "MgCl3"])
 def test_smact14_rejects(formula):
     assert not composition_validity(*reduced_composition(z_list(formula)))
+
+
+def test_exact_smact_screen_agrees_with_smact():
+    """The polynomial screen used for many-element compositions gives SMACT's own answer on 400 random ones."""
+    from smact.screening import smact_validity
+
+    rng = np.random.default_rng(0)
+    accepted = 0
+    for _ in range(400):
+        zs = rng.choice(np.arange(1, 84), size=rng.integers(2, 5), replace=False)
+        symbols = [Element.from_Z(int(z)).symbol for z in zs]
+        counts = [int(c) for c in rng.integers(1, 7, size=len(zs))]
+        composition = Composition(dict(zip(symbols, counts, strict=True)))
+        expected = bool(smact_validity(composition, oxidation_states_set="smact14"))
+        assert smact_screen(symbols, counts) == expected, (symbols, counts)
+        accepted += expected
+    assert 40 < accepted < 360  # both answers are exercised
+
+
+def test_many_element_composition_is_screened_without_enumerating():
+    """21 elements (~10¹² oxidation-state combinations for SMACT) are decided at once, by the same rule."""
+    assert validity_module.SMACT_ENUMERATION_LIMIT < 10**6
+    zs = (6, 12, 16, 22, 25, 31, 39, 43, 46, 50, 52, 58, 60, 64, 65, 71, 81, 82, 89, 97, 100)
+    big_neutral = composition_validity(zs, (1,) * len(zs))
+    assert big_neutral == smact_screen([Element.from_Z(z).symbol for z in zs], [1] * len(zs))
+    assert smact_screen(["Na", "Cl"], [1, 1]) and not smact_screen(["Na", "Cl"], [1, 2])
+    assert not smact_screen(["Na", "Ne"], [1, 1])  # no electronegativity: fails the Pauling test
 
 
 def test_valid_crystals(crystals):
