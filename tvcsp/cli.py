@@ -248,7 +248,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
         crystals = crystals.select(slice(0, args.limit))
     samples = reconstruct(load_model(args.checkpoint), crystals, args.out, sample_z=not args.use_mu,
                           force_num_atoms=args.force_num_atoms, force_atom_types=args.force_atom_types,
-                          dataset=label, split=args.split, **options)
+                          best_of=args.best_of, dataset=label, split=args.split, **options)
     _report(samples, args.out)
 
 
@@ -448,6 +448,9 @@ def main(argv: list[str] | None = None) -> None:
     recon.add_argument("--use-mu", action="store_true", help="decode μ instead of CDVAE's sampled z")
     recon.add_argument("--force-num-atoms", action="store_true", help="decode with the true atom counts")
     recon.add_argument("--force-atom-types", action="store_true", help="decode with the true atom types")
+    recon.add_argument("--best-of", type=_positive, default=1, metavar="K",
+                       help="decode K latents drawn from q(z | x) per crystal and keep the one that re-encodes "
+                            "nearest μ(x) (1: CDVAE's single draw)")
     recon.set_defaults(run=_reconstruct)
 
     gen = commands.add_parser("generate", help="decode latents from the model's learned prior (or N(0, I))")

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from .data import CrystalBatches, CrystalTensors
 from .errors import UserInputError
 from .prior import resolve_prior, sample_latents
+from .reencode import encode_decoded, select_crystals
 from .sampling import FAST_SAMPLER, SamplerSettings, decode, make_generator
 
 if TYPE_CHECKING:
@@ -208,18 +208,6 @@ def search_latents(model: CrystalVAE, counts: torch.Tensor, num_atoms: torch.Ten
 
 
 @torch.no_grad()
-def encode_decoded(model: CrystalVAE, decoded: dict, batch_size: int = 256) -> torch.Tensor:
-    """Posterior means ``(B, D)`` of decoded crystals (the output of :func:`tvcsp.sampling.decode`)."""
-    n = len(decoded["num_atoms"])
-    crystals = CrystalTensors(decoded["atom_types"].cpu(), decoded["frac_coords"].double().cpu(),
-                              decoded["num_atoms"].cpu(), decoded["lengths"].double().cpu(),
-                              decoded["angles"].double().cpu(), torch.full((n,), float("nan")), [""] * n)
-    device = decoded["num_atoms"].device
-    return torch.cat([model.encode(b.to(device), sample=False)[0]
-                      for b in CrystalBatches(crystals, batch_size, model.scalers)])
-
-
-@torch.no_grad()
 def rank_scores(model: CrystalVAE, decoded: dict, counts: torch.Tensor, latent_scores: torch.Tensor,
                 ranking: str, batch_size: int = 256) -> torch.Tensor:
     """The ranking score of each decoded candidate ``(B,)`` (higher is better; −inf for an unusable lattice):
@@ -265,17 +253,8 @@ def predict_batch(model: CrystalVAE, targets: list[CompositionTarget], n: int,
     scores = rank_scores(model, decoded, counts.repeat_interleave(n, 0), latent_scores, settings.ranking)
     order = torch.sort(scores.view(-1, n), dim=1, descending=True, stable=True).indices
     order = (order + torch.arange(len(targets), device=device).unsqueeze(1) * n).flatten()
-    return {**_select(decoded, order), "z": z[order], "latent_score": latent_scores[order], "score": scores[order],
-            "rank": torch.arange(n, device=device).repeat(len(targets))}
-
-
-def _select(decoded: dict, order: torch.Tensor) -> dict:
-    """Reorder a decoded batch's crystals (per-crystal and per-atom tensors) by ``order``."""
-    ptr = torch.cat([decoded["num_atoms"].new_zeros(1), decoded["num_atoms"].cumsum(0)])
-    atoms = torch.cat([torch.arange(int(ptr[i]), int(ptr[i + 1]), device=ptr.device) for i in order.tolist()])
-    per_crystal = ("num_atoms", "lengths", "angles", "valid_lattice")
-    return {**{k: decoded[k][order] for k in per_crystal},
-            **{k: decoded[k][atoms] for k in ("frac_coords", "atom_types")}}
+    return {**select_crystals(decoded, order), "z": z[order], "latent_score": latent_scores[order],
+            "score": scores[order], "rank": torch.arange(n, device=device).repeat(len(targets))}
 
 
 def predict_structures(model: CrystalVAE, target: str | Composition, n: int = 20,

@@ -40,6 +40,7 @@ from .data import CrystalBatches, batch_ranges
 from .errors import UserInputError
 from .geometry import lattice_params_to_matrix
 from .prior import LatentPrior, resolve_prior, sample_latents
+from .reencode import decode_best_of
 from .sampling import CDVAE_SAMPLER, SamplerSettings, decode, make_generator
 from .vae import reparameterise
 
@@ -198,7 +199,7 @@ def _assemble(parts: list[dict]) -> dict:
 def reconstruct(
     model: CrystalVAE, crystals: CrystalTensors, out_dir: str | os.PathLike, sampler: SamplerSettings = CDVAE_SAMPLER,
     *, batch_size: int = 256, sample_z: bool = True, num_evals: int = 1, compile: bool = False,
-    force_num_atoms: bool = False, force_atom_types: bool = False, seed: int = 0,
+    force_num_atoms: bool = False, force_atom_types: bool = False, best_of: int = 1, seed: int = 0,
     device: str | torch.device | None = None, dataset: str | None = None, split: str | None = None,
     checkpoint: str | None = None, progress: bool = True,
 ) -> dict:
@@ -211,12 +212,17 @@ def reconstruct(
         batch_size: crystals per batch (no shuffling).
         sample_z: z = μ + σ·ε as CDVAE does (docs/sampling.md#reconstruction); ``False`` decodes μ.
         force_num_atoms / force_atom_types: decode with the ground-truth N / types.
+        best_of: ``k > 1`` decodes k latents drawn from q(z | x) per crystal and keeps the candidate that
+            re-encodes nearest μ(x) (:func:`tvcsp.reencode.decode_best_of`; one evaluation only); the run then
+            also holds ``candidate`` ``(B,)`` and ``candidate_distance`` ``(B, k)``. 1: CDVAE's one draw.
         dataset, split: labels (default from ``crystals.meta``); checkpoint: path label.
         compile: as in :func:`tvcsp.sampling.decode` (not recorded: a run may be resumed either way).
 
     Returns:
         the :func:`load_samples` dict.
     """
+    if best_of < 1 or (best_of > 1 and num_evals != 1):
+        raise UserInputError(f"best_of must be ≥ 1 and, above 1, needs num_evals = 1 (got {best_of}, {num_evals})")
     dataset = dataset or crystals.meta.get("dataset")
     split = split or crystals.meta.get("split")
     batches = CrystalBatches(crystals, batch_size)
@@ -224,21 +230,28 @@ def reconstruct(
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:
         batch = batches[b].to(device)
         mu, logvar, _ = model.encode(batch, sample=False)
-        sampled = reparameterise(mu, logvar, generator)  # drawn for μ too: both then see the same sampler noise
-        z = sampled if sample_z else mu
         forced = {"num_atoms": batch.num_atoms if force_num_atoms else None,
                   "atom_types": batch.atom_types if force_atom_types else None}
-        evals = [decode(model, z, sampler, generator=generator, compile=compile, progress=progress, **forced)
-                 for _ in range(num_evals)]
         gt = {f"gt_{k}": getattr(batch, k).cpu() for k in ("num_atoms", "lengths", "angles", "frac_coords",
                                                             "atom_types")}
-        return {**_stack_evals(evals), "z": z.float().cpu(), **gt,
-                "material_ids": [crystals.material_ids[i] for i in batches.ranges[b]]}
+        ids = {"material_ids": [crystals.material_ids[i] for i in batches.ranges[b]]}
+        if best_of > 1:
+            best = decode_best_of(model, mu, logvar, sampler, best_of, sample_z=sample_z, generator=generator,
+                                  compile=compile, progress=progress, **forced)
+            return {**_stack_evals([best]), "z": best["z"].float().cpu(), "candidate": best["candidate"].cpu(),
+                    "candidate_distance": best["distance"].T.float().cpu(), **gt, **ids}
+        sampled = reparameterise(mu, logvar, generator)  # drawn for μ too: both then see the same sampler noise
+        z = sampled if sample_z else mu
+        evals = [decode(model, z, sampler, generator=generator, compile=compile, progress=progress, **forced)
+                 for _ in range(num_evals)]
+        return {**_stack_evals(evals), "z": z.float().cpu(), **gt, **ids}
 
     settings = {"task": "reconstruction", "dataset": dataset, "split": split, "n": len(crystals),
                 "batch_size": batch_size, "seed": seed, "num_evals": num_evals, "sample_z": sample_z,
                 "force_num_atoms": force_num_atoms, "force_atom_types": force_atom_types, **_sampler_record(sampler),
                 "model": model_fingerprint(model)}
+    if best_of > 1:  # runs written before best-of existed have no such key and must still resume
+        settings["best_of"] = best_of
     with torch.no_grad():
         return _run(model, out_dir, settings, {"checkpoint": checkpoint}, len(batches), make_batch, device, progress)
 

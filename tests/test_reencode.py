@@ -1,0 +1,100 @@
+"""Best-of-k reconstruction: candidates from q(z | x), the one that re-encodes nearest μ(x) kept."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_vae
+from torch_geometric.data import Batch
+
+from tvcsp.data import CrystalDataset
+from tvcsp.errors import UserInputError
+from tvcsp.reencode import concat_crystals, decode_best_of, encode_decoded, select_crystals
+from tvcsp.sampling import SamplerSettings, decode, make_generator
+from tvcsp.tasks import load_samples, reconstruct
+from tvcsp.vae import reparameterise
+
+FAST = SamplerSettings(n_step_each=2, min_sigma=8.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, _one_thread):
+    root = tmp_path_factory.mktemp("toy")
+    return tiny_vae(root, root / "cache")
+
+
+def posterior(model, crystals):
+    items = CrystalDataset(crystals)
+    with torch.no_grad():
+        mu, logvar, _ = model.encode(Batch.from_data_list([items[i] for i in range(len(crystals))]), sample=False)
+    return mu, logvar
+
+
+def hand_batch():
+    """Three crystals of 1, 3 and 2 atoms whose per-atom values name their crystal."""
+    return {"num_atoms": torch.tensor([1, 3, 2]), "lengths": torch.tensor([[1.0] * 3, [2.0] * 3, [3.0] * 3]),
+            "angles": torch.full((3, 3), 90.0), "valid_lattice": torch.tensor([True, False, True]),
+            "frac_coords": torch.tensor([[0.0] * 3, [0.1] * 3, [0.2] * 3, [0.3] * 3, [0.4] * 3, [0.5] * 3]),
+            "atom_types": torch.tensor([10, 21, 22, 23, 31, 32])}
+
+
+def test_select_crystals_takes_whole_crystals_in_any_order_with_repeats():
+    picked = select_crystals(hand_batch(), torch.tensor([2, 0, 2]))
+    assert picked["num_atoms"].tolist() == [2, 1, 2]
+    assert picked["atom_types"].tolist() == [31, 32, 10, 31, 32]
+    assert picked["lengths"][:, 0].tolist() == [3.0, 1.0, 3.0] and picked["valid_lattice"].tolist() == [True] * 3
+    assert torch.equal(picked["frac_coords"][:, 0], torch.tensor([0.4, 0.5, 0.0, 0.4, 0.5]))
+    both = concat_crystals([hand_batch(), select_crystals(hand_batch(), torch.tensor([1]))])
+    assert both["num_atoms"].tolist() == [1, 3, 2, 3] and both["atom_types"][-3:].tolist() == [21, 22, 23]
+
+
+def test_one_candidate_is_one_decode_of_one_sampled_latent(tiny):
+    model, crystals = tiny
+    mu, logvar = posterior(model, crystals)
+    best = decode_best_of(model, mu, logvar, FAST, 1, generator=make_generator(5))
+    generator = make_generator(5)
+    once = decode(model, reparameterise(mu, logvar, generator), FAST, generator=generator, progress=False)
+    for key, value in once.items():
+        assert torch.equal(best[key], value), key
+    assert best["candidate"].tolist() == [0] * len(crystals)
+
+
+def test_best_of_keeps_the_candidate_that_reencodes_nearest_mu(tiny):
+    model, crystals = tiny
+    mu, logvar = posterior(model, crystals)
+    k, n = 3, len(crystals)
+    best = decode_best_of(model, mu, logvar, FAST, k, generator=make_generator(7))
+    # the same draws, one candidate at a time
+    generator, candidates = make_generator(7), []
+    for _ in range(k):
+        z = reparameterise(mu, logvar, generator)
+        candidates.append(decode(model, z, FAST, generator=generator, progress=False))
+    distance = torch.stack([(encode_decoded(model, c) - mu).norm(dim=-1) for c in candidates])  # NaN: unusable
+    distance[~torch.stack([c["valid_lattice"] for c in candidates])] = torch.inf
+    assert torch.allclose(best["distance"], distance, atol=1e-5)
+    assert torch.equal(best["candidate"], distance.argmin(0))
+    for i in range(n):
+        one = select_crystals(candidates[int(best["candidate"][i])], torch.tensor([i]))
+        mine = select_crystals(best, torch.tensor([i]))
+        for key in one:
+            assert torch.equal(mine[key], one[key]), (i, key)
+    # the chosen crystal re-encodes at the smallest distance of its row
+    assert torch.allclose((encode_decoded(model, best) - mu).norm(dim=-1), distance.min(0).values, atol=1e-5)
+    with pytest.raises(UserInputError, match="k ≥ 1"):
+        decode_best_of(model, mu, logvar, FAST, 0)
+
+
+def test_reconstruct_best_of_is_labelled_and_refuses_several_evaluations(tiny, tmp_path):
+    model, crystals = tiny
+    samples = reconstruct(model, crystals, tmp_path / "rec", FAST, batch_size=3, best_of=2, seed=1, progress=False)
+    n = len(crystals)
+    assert samples["num_atoms"].shape == (1, n) and samples["candidate_distance"].shape == (n, 2)
+    assert set(samples["candidate"].tolist()) <= {0, 1}
+    assert torch.equal(samples["candidate"], samples["candidate_distance"].argmin(1))
+    assert json.loads((tmp_path / "rec" / "meta.json").read_text())["settings"]["best_of"] == 2
+    assert torch.equal(load_samples(tmp_path / "rec")["candidate"], samples["candidate"])
+    plain = reconstruct(model, crystals, tmp_path / "one", FAST, batch_size=3, seed=1, progress=False)
+    assert "best_of" not in json.loads((tmp_path / "one" / "meta.json").read_text())["settings"]
+    assert "candidate" not in plain
+    with pytest.raises(UserInputError, match="num_evals = 1"):
+        reconstruct(model, crystals, tmp_path / "bad", FAST, best_of=2, num_evals=2, progress=False)
