@@ -7,6 +7,8 @@ import torch
 from conftest import tiny_vae
 from torch_geometric.data import Batch
 
+from tvcsp import cli
+from tvcsp.checkpoint import save_model
 from tvcsp.data import CrystalDataset
 from tvcsp.errors import UserInputError
 from tvcsp.reencode import concat_crystals, decode_best_of, encode_decoded, select_crystals
@@ -98,3 +100,17 @@ def test_reconstruct_best_of_is_labelled_and_refuses_several_evaluations(tiny, t
     assert "candidate" not in plain
     with pytest.raises(UserInputError, match="num_evals = 1"):
         reconstruct(model, crystals, tmp_path / "bad", FAST, best_of=2, num_evals=2, progress=False)
+
+
+def test_cli_reconstruct_best_of(tiny, tmp_path, monkeypatch):
+    model, crystals = tiny
+    path = save_model(tmp_path / "model.pt", model, "toy")
+    monkeypatch.setattr(cli, "get_dataset", lambda name: name)
+    monkeypatch.setattr(cli, "load_split", lambda info, split, **kwargs: crystals)
+    fast = ["--n-step-each", "1", "--min-sigma", "8", "--device", "cpu", "--no-progress"]
+    cli.main(["reconstruct", str(path), "--limit", "3", "--best-of", "3", "--out", str(tmp_path / "rec"), *fast])
+    samples = load_samples(tmp_path / "rec")
+    assert samples["meta"]["settings"]["best_of"] == 3 and samples["candidate_distance"].shape == (3, 3)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["reconstruct", str(path), "--best-of", "2", "--num-evals", "2", "--out", str(tmp_path / "x"), *fast])
+    assert stop.value.code == 2
