@@ -69,6 +69,7 @@ def test_make_run_notebooks_train_reconstruct_and_generate(tmp_path, shared_data
         "03_train": {"dataset": "perov_5", "profile": "quick", "max_epochs": 1, "device": "cpu", "run_dir": str(run),
                      "figures_dir": str(figures / "train")},
         "05_reconstruction": {"dataset": "perov_5", "checkpoint": str(run / "model.pt"), "limit": 8, "curve_limit": 0,
+                              "best_of": 2,
                               "csp_limit": 4,
                               "out_dir": str(tmp_path / "reconstruction"),
                               "figures_dir": str(figures / "reconstruction"), **sampler},
