@@ -5,7 +5,9 @@ generator per batch), every candidate is matched against the crystal (StructureM
 ltol 0.3, CDVAE's validity rule) and re-encoded. Because candidate j is the same for every K > j, one run scores
 every K' ≤ K: the match rate of the candidate that re-encodes nearest μ(x) among the first K' (what
 ``decode_best_of(..., k=K')`` returns), the rate of "any of the first K'" (the ceiling of any selection rule), and
-each candidate alone (one draw each, CDVAE's protocol). Writes ``<out>`` (JSON, labelled) and prints one line per K'.
+each candidate alone (one draw each, CDVAE's protocol), and the early stop of ``decode_best_of(..., accept=τ)``
+replayed for each ``--accept`` τ (match rate and draws per crystal). Writes ``<out>`` (JSON, labelled) and prints
+one line per K'. ``--rescore FILE`` replays new τ on the draws of an earlier file without decoding.
 
 Run: ``python benchmarks/best_of_val.py models/perov_5.pt --k 4 --limit 400 --out runs/best_of_val.json``.
 """
@@ -61,6 +63,23 @@ def summarise(rows: list[dict], k: int) -> list[dict]:
     return out
 
 
+def adaptive(rows: list[dict], k: int, taus: list[float]) -> list[dict]:
+    """``decode_best_of(..., k, accept=τ)`` replayed on the scored draws: stop at the first draw closer than τ."""
+    out = []
+    for tau in taus:
+        matched = draws = 0
+        for r in rows:
+            best = 0
+            for j in range(k):
+                best = j if r["distance"][j] < r["distance"][best] else best
+                if r["distance"][j] < tau:
+                    break
+            matched += r["matched"][best]
+            draws += j + 1
+        out.append({"k": k, "accept": tau, "match_rate": matched / len(rows), "draws_per_crystal": draws / len(rows)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
@@ -72,8 +91,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--accept", type=float, nargs="*", default=[0.5, 0.8, 1.0, 1.2, 1.5, 2.0],
+                        help="accept distances τ replayed on the K draws (decode_best_of's early stop)")
+    parser.add_argument("--rescore", type=Path, default=None,
+                        help="replay on the draws of an earlier --out file instead of decoding again")
     parser.add_argument("--out", type=Path, required=True, help="JSON file")
     args = parser.parse_args()
+    if args.rescore:
+        earlier = json.loads(args.rescore.read_text())
+        rows, k = earlier["metrics"]["per_crystal"], len(earlier["metrics"]["per_crystal"][0]["matched"])
+        metrics = {**earlier["metrics"], "summary": summarise(rows, k), "adaptive": adaptive(rows, k, args.accept)}
+        write_metrics_json(args.out, metrics, {**earlier["labels"], "rescored": str(args.rescore)})
+        for a in metrics["adaptive"]:
+            print(f"K={k}, accept {a['accept']}: match {a['match_rate']:.4f} with {a['draws_per_crystal']:.3f} draws")
+        return
     torch.set_num_threads(args.threads)
     model = load_model(args.model).eval()
     crystals = load_split(read_checkpoint(args.model)["dataset"], args.split, progress=False)
@@ -88,8 +119,8 @@ def main() -> None:
               "n": len(rows), "model": str(args.model), "model_fingerprint": model_fingerprint(model),
               **sampler.to_dict(), "decoder_calls_per_candidate": sampler.decoder_calls(model.sigmas),
               "seed": args.seed, "threads": args.threads, "device": device_name("cpu"), **provenance()}
-    write_metrics_json(args.out, {"summary": summary, "per_crystal": rows,
-                                  "seconds": time.perf_counter() - t0}, labels)
+    write_metrics_json(args.out, {"summary": summary, "adaptive": adaptive(rows, args.k, args.accept),
+                                  "per_crystal": rows, "seconds": time.perf_counter() - t0}, labels)
     for s in summary:
         print(f"K={s['k']}: best-of {s['best_of']:.4f}, any-of {s['any_of']:.4f}, draw {s['k']} alone "
               f"{s['single_draw']:.4f}")

@@ -62,7 +62,8 @@ def sampler_settings(args) -> SamplerSettings:
 
 def evaluate_reconstruction_split(model, crystals, train_formulas: set[str], args) -> dict:
     samples = reconstruct(model, crystals, args.out / "reconstruction", sampler_settings(args),
-                          batch_size=args.batch_size, best_of=args.best_of, seed=args.seed, dataset=args.dataset,
+                          batch_size=args.batch_size, best_of=args.best_of, accept_distance=args.accept_distance,
+                          seed=args.seed, dataset=args.dataset,
                           split="test", checkpoint=str(args.model), progress=True)
     pred = evaluate_crystals(to_crystal_arrays(samples), workers=args.workers, desc="predictions")
     truth = evaluate_crystals(to_crystal_arrays(samples, ground_truth=True), workers=args.workers,
@@ -73,8 +74,12 @@ def evaluate_reconstruction_split(model, crystals, train_formulas: set[str], arg
               if novel else {"n": 0})  # e.g. carbon_24: one formula
     failures = failure_kinds([c.structure for c in pred], [c.structure for c in truth], everything["rms_dist"])
     drop = ("rms_dist",)
+    distance = samples.get("candidate_distance")  # best-of runs: NaN marks a draw not made
+    draws = float((~distance.isnan()).sum(1).float().mean()) if distance is not None else 1.0
     return {"all": {**{k: v for k, v in everything.items() if k not in drop}, "failures": failures},
-            "unseen_formula": {k: v for k, v in unseen.items() if k not in drop}}
+            "unseen_formula": {k: v for k, v in unseen.items() if k not in drop},
+            "draws_per_crystal": draws,
+            "decoder_calls_per_crystal": draws * sampler_settings(args).decoder_calls(model.sigmas)}
 
 
 def evaluate_generation_run(model, info, test, args) -> dict:
@@ -96,6 +101,8 @@ def main() -> None:
     parser.add_argument("--n-generate", type=int, default=1000, help="generated crystals (0: reconstruction only)")
     parser.add_argument("--best-of", type=int, default=1, metavar="K",
                         help="reconstruction keeps the best of K decoded posterior draws by re-encoding (1: CDVAE)")
+    parser.add_argument("--accept-distance", type=float, default=None, metavar="TAU",
+                        help="with --best-of: stop at the first draw that re-encodes closer than TAU to μ(x)")
     parser.add_argument("--reference-limit", type=int, default=0, help="reference test crystals (0: all)")
     parser.add_argument("--n-step-each", type=int, default=10, help="Langevin steps per noise level (CDVAE: 100)")
     parser.add_argument("--num-levels", type=int, default=None, help="noise levels visited (all 50)")
@@ -128,8 +135,8 @@ def main() -> None:
     labels = {"dataset": info.label, "split": "test", "model": str(args.model), "n_reconstructed": len(crystals),
               "test_size": len(test), "n_generated": args.n_generate,
               "n_reference": gen["n_reference"] if gen else 0, "best_of": args.best_of,
+              "accept_distance": args.accept_distance,
               **sampler.to_dict(), "decoder_calls_per_crystal": sampler.decoder_calls(model.sigmas),
-              "reconstruction_decoder_calls_per_crystal": args.best_of * sampler.decoder_calls(model.sigmas),
               "latent": "sampled z (CDVAE)" if args.best_of == 1 else
               f"best of {args.best_of} sampled z, kept by re-encoding nearest μ(x)",
               "prior": args.prior, "seed": args.seed, "threads": args.threads,
@@ -138,7 +145,8 @@ def main() -> None:
     path = write_metrics_json(args.out / "evaluation.json", metrics, labels)
     r, u = recon["all"], recon["unseen_formula"]
     print(json.dumps(labels, indent=1))
-    print(f"reconstruction ({r['n']} test crystals): match {r['match_rate']:.4f}, RMSE {r['rmse']}; "
+    print(f"reconstruction ({r['n']} test crystals, {recon['decoder_calls_per_crystal']:.0f} decoder calls each): "
+          f"match {r['match_rate']:.4f}, RMSE {r['rmse']}; "
           f"unseen formulas ({u['n']}): match {u.get('match_rate')}, RMSE {u.get('rmse')}")
     if gen:
         v, c = gen["validity"], gen["coverage"]

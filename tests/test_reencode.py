@@ -100,6 +100,11 @@ def test_reconstruct_best_of_is_labelled_and_refuses_several_evaluations(tiny, t
     assert "candidate" not in plain
     with pytest.raises(UserInputError, match="num_evals = 1"):
         reconstruct(model, crystals, tmp_path / "bad", FAST, best_of=2, num_evals=2, progress=False)
+    early = reconstruct(model, crystals, tmp_path / "early", FAST, batch_size=3, best_of=3, accept_distance=1e9,
+                        seed=1, progress=False)
+    assert json.loads((tmp_path / "early" / "meta.json").read_text())["settings"]["accept_distance"] == 1e9
+    first = early["candidate_distance"][:, 0]  # +inf (an unusable lattice) draws again
+    assert not first.isnan().any() and early["candidate_distance"][first.isfinite(), 1:].isnan().all()
 
 
 def test_cli_reconstruct_best_of(tiny, tmp_path, monkeypatch):
@@ -114,3 +119,42 @@ def test_cli_reconstruct_best_of(tiny, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         cli.main(["reconstruct", str(path), "--best-of", "2", "--num-evals", "2", "--out", str(tmp_path / "x"), *fast])
     assert stop.value.code == 2
+
+
+def test_accept_stops_early_and_its_extremes_are_the_plain_rules(tiny):
+    model, crystals = tiny
+    mu, logvar = posterior(model, crystals)
+    full = decode_best_of(model, mu, logvar, FAST, 3, generator=make_generator(2))
+    never = decode_best_of(model, mu, logvar, FAST, 3, accept=0.0, generator=make_generator(2))
+    for key in ("num_atoms", "frac_coords", "atom_types", "candidate", "z"):
+        assert torch.equal(never[key], full[key]), key
+    always = decode_best_of(model, mu, logvar, FAST, 3, accept=float("inf"), generator=make_generator(2))
+    one = decode_best_of(model, mu, logvar, FAST, 1, generator=make_generator(2))
+    assert torch.equal(always["frac_coords"], one["frac_coords"]) and always["distance"][1:].isnan().all()
+
+    tau = float(full["distance"][0][full["distance"][0].isfinite()].median())
+    some = decode_best_of(model, mu, logvar, FAST, 3, accept=tau, generator=make_generator(2))
+    first = some["distance"][0]
+    assert torch.equal(first, full["distance"][0])  # round 0 draws every crystal exactly as the plain rule
+    stopped = first < tau
+    assert stopped.any() and (~stopped).any()
+    assert some["distance"][1:, stopped].isnan().all() and not some["distance"][1, ~stopped].isnan().any()
+    assert (some["candidate"][stopped] == 0).all()
+    drawn = some["distance"].nan_to_num(nan=torch.inf)
+    assert torch.equal(some["candidate"], drawn.argmin(0))
+    kept = (encode_decoded(model, some) - mu).norm(dim=-1)
+    best = drawn.min(0).values
+    assert torch.allclose(kept[best.isfinite()], best[best.isfinite()], atol=1e-5)
+
+
+def test_accept_splits_forced_atoms_between_the_crystals_still_open(tiny):
+    model, crystals = tiny
+    mu, logvar = posterior(model, crystals)
+    forced = {"num_atoms": crystals.num_atoms, "atom_types": crystals.atom_types}
+    full = decode_best_of(model, mu, logvar, FAST, 2, generator=make_generator(4), **forced)
+    tau = float(full["distance"][0][full["distance"][0].isfinite()].median())
+    some = decode_best_of(model, mu, logvar, FAST, 3, accept=tau, generator=make_generator(4), **forced)
+    assert (some["distance"][1:].isnan().any(0)).any()  # some crystals stopped early
+    assert torch.equal(some["num_atoms"], crystals.num_atoms) and torch.equal(some["atom_types"], crystals.atom_types)
+    with pytest.raises(UserInputError, match="forced atom counts"):
+        decode_best_of(model, mu, logvar, FAST, 2, accept=tau, atom_types=crystals.atom_types)

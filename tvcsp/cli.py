@@ -248,7 +248,8 @@ def _reconstruct(args: argparse.Namespace) -> None:
         crystals = crystals.select(slice(0, args.limit))
     samples = reconstruct(load_model(args.checkpoint), crystals, args.out, sample_z=not args.use_mu,
                           force_num_atoms=args.force_num_atoms, force_atom_types=args.force_atom_types,
-                          best_of=args.best_of, dataset=label, split=args.split, **options)
+                          best_of=args.best_of, accept_distance=args.accept_distance, dataset=label,
+                          split=args.split, **options)
     _report(samples, args.out)
 
 
@@ -451,6 +452,9 @@ def main(argv: list[str] | None = None) -> None:
     recon.add_argument("--best-of", type=_positive, default=1, metavar="K",
                        help="decode K latents drawn from q(z | x) per crystal and keep the one that re-encodes "
                             "nearest μ(x) (1: CDVAE's single draw)")
+    recon.add_argument("--accept-distance", type=float, default=None, metavar="TAU",
+                       help="with --best-of: stop drawing at the first candidate that re-encodes closer than TAU to "
+                            "μ(x) (the model card gives TAU)")
     recon.set_defaults(run=_reconstruct)
 
     gen = commands.add_parser("generate", help="decode latents from the model's learned prior (or N(0, I))")

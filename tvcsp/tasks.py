@@ -199,7 +199,8 @@ def _assemble(parts: list[dict]) -> dict:
 def reconstruct(
     model: CrystalVAE, crystals: CrystalTensors, out_dir: str | os.PathLike, sampler: SamplerSettings = CDVAE_SAMPLER,
     *, batch_size: int = 256, sample_z: bool = True, num_evals: int = 1, compile: bool = False,
-    force_num_atoms: bool = False, force_atom_types: bool = False, best_of: int = 1, seed: int = 0,
+    force_num_atoms: bool = False, force_atom_types: bool = False, best_of: int = 1,
+    accept_distance: float | None = None, seed: int = 0,
     device: str | torch.device | None = None, dataset: str | None = None, split: str | None = None,
     checkpoint: str | None = None, progress: bool = True,
 ) -> dict:
@@ -215,6 +216,8 @@ def reconstruct(
         best_of: ``k > 1`` decodes k latents drawn from q(z | x) per crystal and keeps the candidate that
             re-encodes nearest μ(x) (:func:`tvcsp.reencode.decode_best_of`; one evaluation only); the run then
             also holds ``candidate`` ``(B,)`` and ``candidate_distance`` ``(B, k)``. 1: CDVAE's one draw.
+        accept_distance: with ``best_of``, a crystal stops drawing at its first candidate that re-encodes
+            closer than this to μ(x) (the ``accept`` of :func:`~tvcsp.reencode.decode_best_of`).
         dataset, split: labels (default from ``crystals.meta``); checkpoint: path label.
         compile: as in :func:`tvcsp.sampling.decode` (not recorded: a run may be resumed either way).
 
@@ -236,8 +239,8 @@ def reconstruct(
                                                             "atom_types")}
         ids = {"material_ids": [crystals.material_ids[i] for i in batches.ranges[b]]}
         if best_of > 1:
-            best = decode_best_of(model, mu, logvar, sampler, best_of, sample_z=sample_z, generator=generator,
-                                  compile=compile, progress=progress, **forced)
+            best = decode_best_of(model, mu, logvar, sampler, best_of, accept=accept_distance, sample_z=sample_z,
+                                  generator=generator, compile=compile, progress=progress, **forced)
             return {**_stack_evals([best]), "z": best["z"].float().cpu(), "candidate": best["candidate"].cpu(),
                     "candidate_distance": best["distance"].T.float().cpu(), **gt, **ids}
         sampled = reparameterise(mu, logvar, generator)  # drawn for μ too: both then see the same sampler noise
@@ -251,7 +254,7 @@ def reconstruct(
                 "force_num_atoms": force_num_atoms, "force_atom_types": force_atom_types, **_sampler_record(sampler),
                 "model": model_fingerprint(model)}
     if best_of > 1:  # runs written before best-of existed have no such key and must still resume
-        settings["best_of"] = best_of
+        settings |= {"best_of": best_of, "accept_distance": accept_distance}
     with torch.no_grad():
         return _run(model, out_dir, settings, {"checkpoint": checkpoint}, len(batches), make_batch, device, progress)
 
