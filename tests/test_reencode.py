@@ -11,9 +11,18 @@ from tvcsp import cli
 from tvcsp.checkpoint import save_model
 from tvcsp.data import CrystalDataset
 from tvcsp.errors import UserInputError
-from tvcsp.reencode import concat_crystals, decode_best_of, encode_decoded, select_crystals
+from tvcsp.reencode import (
+    INFORMATIVE_SIGMA,
+    concat_crystals,
+    decode_best_of,
+    decode_consistent,
+    encode_decoded,
+    encode_decoded_posterior,
+    roundtrip_distance,
+    select_crystals,
+)
 from tvcsp.sampling import SamplerSettings, decode, make_generator
-from tvcsp.tasks import load_samples, reconstruct
+from tvcsp.tasks import generate, load_samples, reconstruct
 from tvcsp.vae import reparameterise
 
 FAST = SamplerSettings(n_step_each=2, min_sigma=8.0)
@@ -158,3 +167,58 @@ def test_accept_splits_forced_atoms_between_the_crystals_still_open(tiny):
     assert torch.equal(some["num_atoms"], crystals.num_atoms) and torch.equal(some["atom_types"], crystals.atom_types)
     with pytest.raises(UserInputError, match="forced atom counts"):
         decode_best_of(model, mu, logvar, FAST, 2, accept=tau, atom_types=crystals.atom_types)
+
+
+def test_roundtrip_distance_leaves_out_uninformative_dimensions(tiny):
+    model, crystals = tiny
+    mu, logvar = posterior(model, crystals)
+    decoded = decode(model, mu, FAST, generator=make_generator(0), progress=False)
+    back_mu, back_logvar = encode_decoded_posterior(model, decoded)
+    informative = (0.5 * back_logvar).exp() < INFORMATIVE_SIGMA
+    far = mu + 100.0 * ~informative  # moving z along uninformative dimensions changes nothing
+    distance = roundtrip_distance(model, decoded, mu)
+    ok = decoded["valid_lattice"]
+    assert torch.allclose(roundtrip_distance(model, decoded, far)[ok], distance[ok])
+    assert torch.allclose(distance[ok], ((back_mu - mu) * informative).norm(dim=-1)[ok], atol=1e-6)
+    assert distance[~ok].isinf().all()
+
+
+def test_decode_consistent_redraws_only_what_does_not_read_back(tiny):
+    model, _ = tiny
+    dim = model.config.latent_dim
+
+    def draws(seed):
+        generator = make_generator(seed)
+        return generator, (lambda m: torch.randn(m, dim, generator=generator))
+
+    generator, draw = draws(3)
+    once = decode_consistent(model, draw, 6, FAST, float("inf"), generator=generator)
+    assert (once["draws"] == 1).all()  # nothing is rejected at τ = ∞
+    generator, draw = draws(3)
+    plain = decode(model, draw(6), FAST, generator=generator, progress=False)
+    assert torch.equal(once["frac_coords"], plain["frac_coords"])
+
+    tau = float(once["distance"][once["distance"].isfinite()].median())
+    generator, draw = draws(3)
+    some = decode_consistent(model, draw, 6, FAST, tau, max_draws=4, generator=generator)
+    first_ok = once["distance"] < tau
+    assert (some["draws"][first_ok] == 1).all() and (some["draws"][~first_ok] > 1).all()
+    assert ((some["distance"] < tau) | (some["draws"] == 4)).all()
+    assert torch.equal(some["z"][first_ok], once["z"][first_ok])
+    kept = select_crystals(some, first_ok.nonzero().flatten())
+    for key, value in select_crystals(once, first_ok.nonzero().flatten()).items():
+        assert torch.equal(kept[key], value), key
+    assert torch.allclose(roundtrip_distance(model, some, some["z"]), some["distance"])
+    with pytest.raises(UserInputError, match="max_draws"):
+        decode_consistent(model, draw, 2, FAST, tau, max_draws=0)
+
+
+def test_generate_with_rejection_is_labelled(tiny, tmp_path):
+    model, _ = tiny
+    samples = generate(model, 5, tmp_path / "gen", FAST, batch_size=3, reject_distance=0.0, max_draws=2,
+                       prior="normal", seed=0, progress=False)
+    settings = json.loads((tmp_path / "gen" / "meta.json").read_text())["settings"]
+    assert settings["reject_distance"] == 0.0 and settings["max_draws"] == 2
+    assert (samples["draws"] == 2).all() and samples["roundtrip_distance"].shape == (5,)
+    plain = generate(model, 5, tmp_path / "plain", FAST, batch_size=3, prior="normal", progress=False)
+    assert "draws" not in plain and "reject_distance" not in plain["meta"]["settings"]

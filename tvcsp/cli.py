@@ -259,9 +259,14 @@ def _generate(args: argparse.Namespace) -> None:
 
     options = _run_options(args)  # checks the sampler and the device before anything is loaded
     label = _checkpoint(args.checkpoint).get("dataset")
-    samples = generate(load_model(args.checkpoint), args.n, args.out, dataset=label, prior=args.prior, **options)
+    samples = generate(load_model(args.checkpoint), args.n, args.out, dataset=label, prior=args.prior,
+                       reject_distance=args.reject_distance, max_draws=args.max_draws, **options)
     _report(samples, args.out)
     settings = samples["meta"]["settings"]
+    if "draws" in samples:
+        print(f"round-trip rejection at {args.reject_distance}: {float(samples['draws'].float().mean()):.2f} latents "
+              f"per crystal; {int((samples['roundtrip_distance'] >= args.reject_distance).sum())} crystals kept "
+              f"after {args.max_draws} draws without reading back")
     if settings["prior"] == "learned":
         print(f"latents from the model's learned prior ({settings['prior_network_calls']} network calls each; "
               "--prior normal for CDVAE's N(0, I))")
@@ -460,6 +465,10 @@ def main(argv: list[str] | None = None) -> None:
     gen = commands.add_parser("generate", help="decode latents from the model's learned prior (or N(0, I))")
     _add_sampler_options(gen, 500)
     gen.add_argument("--n", type=_positive, default=10_000, help="crystals to generate (10000)")
+    gen.add_argument("--reject-distance", type=float, default=None, metavar="TAU",
+                     help="redraw the latent of a crystal that reads back farther than TAU from it "
+                          "(docs/sampling.md#round-trip-rejection; off by default)")
+    gen.add_argument("--max-draws", type=_positive, default=10, help="latents per crystal at most (10)")
     gen.add_argument("--prior", choices=["learned", "normal"],
                      help="where latents come from (default: the model's learned prior when it has one, "
                           "else N(0, I); 'normal' is CDVAE's and the paper's)")

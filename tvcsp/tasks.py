@@ -40,7 +40,7 @@ from .data import CrystalBatches, batch_ranges
 from .errors import UserInputError
 from .geometry import lattice_params_to_matrix
 from .prior import LatentPrior, resolve_prior, sample_latents
-from .reencode import decode_best_of
+from .reencode import decode_best_of, decode_consistent
 from .sampling import CDVAE_SAMPLER, SamplerSettings, decode, make_generator
 from .vae import reparameterise
 
@@ -262,7 +262,7 @@ def reconstruct(
 def generate(
     model: CrystalVAE, n: int, out_dir: str | os.PathLike, sampler: SamplerSettings = CDVAE_SAMPLER, *,
     batch_size: int = 500, num_evals: int = 1, compile: bool = False, seed: int = 0,
-    prior: str | LatentPrior | None = None,
+    prior: str | LatentPrior | None = None, reject_distance: float | None = None, max_draws: int = 10,
     device: str | torch.device | None = None, dataset: str | None = None, checkpoint: str | None = None,
     progress: bool = True,
 ) -> dict:
@@ -271,13 +271,23 @@ def generate(
     ``prior``: where the latents come from (:func:`tvcsp.prior.resolve_prior`): by default the model's learned
     prior when it has one, else N(0, I); ``"normal"`` is CDVAE's and the paper's N(0, I), ``"learned"`` insists
     on the model's own. The run's settings record it (``prior``: ``"normal"`` or ``"learned"``, and the prior's
-    network calls per latent and fingerprint). Other arguments as in :func:`reconstruct`; ``dataset`` is a label
-    (default: unlabelled).
+    network calls per latent and fingerprint). ``reject_distance`` τ: a crystal whose decoding reads back farther
+    than τ from its latent gets a fresh latent, up to ``max_draws`` (:func:`tvcsp.reencode.decode_consistent`;
+    one evaluation only; the run then also holds ``roundtrip_distance`` and ``draws``, ``(B,)`` each). Other
+    arguments as in :func:`reconstruct`; ``dataset`` is a label (default: unlabelled).
     """
+    if reject_distance is not None and num_evals != 1:
+        raise UserInputError(f"reject_distance needs num_evals = 1 (got {num_evals})")
     chosen = resolve_prior(model, prior)
     sizes = [len(r) for r in batch_ranges(n, batch_size)]
 
     def make_batch(b: int, generator: torch.Generator, device: torch.device) -> dict:
+        if reject_distance is not None:
+            kept = decode_consistent(model, lambda m: sample_latents(model, m, chosen, generator, device), sizes[b],
+                                     sampler, reject_distance, max_draws=max_draws, generator=generator,
+                                     compile=compile, progress=progress)
+            return {**_stack_evals([kept]), "z": kept["z"].cpu(), "roundtrip_distance": kept["distance"].cpu(),
+                    "draws": kept["draws"].cpu()}
         z = sample_latents(model, sizes[b], chosen, generator, device)
         evals = [decode(model, z, sampler, generator=generator, compile=compile, progress=progress)
                  for _ in range(num_evals)]
@@ -286,6 +296,8 @@ def generate(
     settings = {"task": "generation", "dataset": dataset, "n": n, "batch_size": batch_size, "seed": seed,
                 "num_evals": num_evals, **_sampler_record(sampler), **prior_settings(chosen),
                 "model": model_fingerprint(model)}
+    if reject_distance is not None:  # runs written before round-trip rejection have no such keys
+        settings |= {"reject_distance": reject_distance, "max_draws": max_draws}
     with torch.no_grad():
         return _run(model, out_dir, settings, {"checkpoint": checkpoint}, len(sizes), make_batch, device, progress)
 
