@@ -193,7 +193,6 @@ def decode_consistent(
         order = torch.arange(n, device=z.device)
         order[redo] = n + torch.arange(len(redo), device=z.device)
         decoded = select_crystals(concat_crystals([decoded, fresh]), order)
-        z, distance = z.clone(), distance.clone()
         z[redo], distance[redo] = fresh_z, roundtrip_distance(model, fresh, fresh_z)
         draws[redo] += 1
     return {**decoded, "z": z, "distance": distance, "draws": draws}
