@@ -4,7 +4,8 @@
 * ``tvcsp train DATASET --profile cpu --max-steps N --out DIR`` trains a model (resumable; docs/model.md#training);
 * ``tvcsp models`` lists the shipped models with their headline numbers;
 * ``tvcsp reconstruct CHECKPOINT --split test --out DIR`` encodes and decodes a split (docs/sampling.md#reconstruction);
-* ``tvcsp generate CHECKPOINT --n 10000 --out DIR`` decodes z ~ N(0, I) (docs/sampling.md#generation);
+* ``tvcsp generate CHECKPOINT --n 10000 --out DIR`` decodes latents drawn from the model's learned prior, or from
+  N(0, I) with ``--prior normal`` (docs/sampling.md#generation);
 * ``tvcsp predict CHECKPOINT SrTiO3 KNbO3 --n-samples 20 --out DIR`` predicts ranked crystal structures for
   compositions (docs/sampling.md#structure-prediction);
 * ``tvcsp evaluate DIR`` computes CDVAE's metrics of a reconstruction or generation run (docs/metrics.md) and writes
