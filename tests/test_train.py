@@ -358,6 +358,20 @@ def test_warm_start_takes_another_runs_weights_with_another_noise_schedule(toy, 
               **{**settings, "decoder_hidden_dim": 32})
 
 
+def test_warm_start_from_an_exported_model_file(toy, tmp_path):
+    """A shipped model file (no run folder left) starts a new run with its weights; other files are refused."""
+    info, root = toy
+    exported = train(info, "quick", tmp_path / "a", data_dir=root, progress=False, **TINY).model_path
+    settings = {**TINY, "max_epochs": 1, "lr": 0.0, "min_lr": 0.0, "init_from": str(exported)}
+    warm = load_model(train(info, "quick", tmp_path / "b", data_dir=root, progress=False, **settings).model_path)
+    start = load_model(exported).state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in warm.state_dict().items())
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(3)}, junk)
+    with pytest.raises(CheckpointMismatchError, match="junk.pt"):
+        train(info, "quick", tmp_path / "c", data_dir=root, progress=False, **{**settings, "init_from": str(junk)})
+
+
 def test_type_shuffle_keeps_every_crystals_composition_and_scrambles_only_the_chosen():
     torch.manual_seed(0)
     batch = torch.repeat_interleave(torch.arange(40), 6)

@@ -32,6 +32,7 @@ from .checkpoint import (
     model_from_training_checkpoint,
     model_state,
     provenance,
+    read_checkpoint,
     save_model,
 )
 from .data import CrystalDataset, DatasetInfo, edge_distances, fit_scalers, get_dataset, load_split, load_stats
@@ -675,15 +676,23 @@ posterior), not the network."""
 
 
 def warm_start(model: CrystalVAE, checkpoint: Path, dataset_label: str) -> None:
-    """Start ``model`` from the weights of another run's training checkpoint (its weight average if it kept one).
+    """Start ``model`` from the weights of another run's training checkpoint (its weight average if it kept one)
+    or of an exported model file (:func:`~tvcsp.checkpoint.save_model`'s, e.g. a shipped ``models/*.pt``, whose
+    run folder may be gone).
 
-    The checkpoint must come from the same dataset and a model with the same architecture; the fields in
+    The source must come from the same dataset and a model with the same architecture; the fields in
     :data:`WARM_START_FREE` may differ, and the noise levels are ``model``'s own. The optimiser starts afresh.
 
     Raises:
-        CheckpointMismatchError: another dataset, another architecture, or not a training checkpoint.
+        CheckpointMismatchError: another dataset, another architecture, or neither a training checkpoint nor a
+            model file.
     """
-    source, meta = model_from_training_checkpoint(checkpoint)
+    try:
+        source, meta = model_from_training_checkpoint(checkpoint)
+        weights = source.state_dict()
+    except CheckpointMismatchError:  # not a training checkpoint: a model file, or read_checkpoint's one-line error
+        state = read_checkpoint(checkpoint)
+        weights, meta = state["state_dict"], {"dataset": state["dataset"], "config": state["config"]}
     if meta.get("dataset") != dataset_label:
         raise CheckpointMismatchError(f"{checkpoint}: trained on {meta.get('dataset')!r}, not {dataset_label!r}")
     old, new = _stored_config(meta), model.config.to_dict()
@@ -692,7 +701,7 @@ def warm_start(model: CrystalVAE, checkpoint: Path, dataset_label: str) -> None:
         raise CheckpointMismatchError(f"{checkpoint}: model config differs in {diff}; a warm start needs the same "
                                       "architecture")
     noise_levels = {"sigmas", "type_sigmas"}
-    model.load_state_dict({k: v for k, v in source.state_dict().items() if k not in noise_levels}, strict=False)
+    model.load_state_dict({k: v for k, v in weights.items() if k not in noise_levels}, strict=False)
 
 
 def _next_log_version(run_dir: Path) -> str:
@@ -740,7 +749,8 @@ def train(
 
     With ``resume=True`` the run continues from ``run_dir/checkpoints/last.ckpt`` (the same model config, trajectory
     settings and number of processes: :func:`check_resumable`).
-    ``init_from=<training checkpoint>`` starts a new run from another run's weights (:func:`warm_start`).
+    ``init_from=<training checkpoint or model file>`` starts a new run from another run's weights
+    (:func:`warm_start`).
     """
     info = dataset if isinstance(dataset, DatasetInfo) else get_dataset(dataset)
     vae_cfg, cfg = make_configs(info, profile, rbf, **overrides)
