@@ -2,7 +2,8 @@
 
 The generated set below is built so that every way of getting the definitions wrong changes a count: swapping
 uniqueness and novelty (4 unique vs 3 novel), comparing with *any* other generated crystal instead of an
-*earlier* one (2 unique), counting invalid crystals (7 candidates), or a pre-filter that splits a crystal from
+*earlier* one (2 unique), comparing with every earlier crystal instead of the groups' representatives (the chain
+below), counting invalid crystals (7 candidates), or a pre-filter that splits a crystal from
 its supercell (more unique and more novel).
 """
 
@@ -107,7 +108,10 @@ def test_the_counts_equal_structure_matcher_on_every_pair(generated):
     matcher = StructureMatcher(**MATCHER_SETTINGS)
     valid = [c.structure for c in generated if c.valid]
     train = [s for s in reference() if s is not None]
-    unique = [not any(matcher.fit(e, s) for e in valid[:i]) for i, s in enumerate(valid)]
+    representatives, unique = [], []
+    for s in valid:
+        unique.append(not any(matcher.fit(r, s) for r in representatives))
+        representatives += [s] if unique[-1] else []
     novel = [not any(matcher.fit(r, s) for r in train) for s in valid]
     assert unique == [u for _, u, _ in GENERATED if u is not None]
     assert novel == [n for _, u, n in GENERATED if u is not None]
@@ -118,6 +122,25 @@ def test_uniqueness_alone_and_empty_sets(generated):
     assert out["uniqueness"]["n_unique"] == 4 and "novelty" not in out
     out = novelty_uniqueness(generated[6:], [perovskite()], workers=1, progress=False)
     assert out["uniqueness"] == {"fraction": None, "n_unique": 0, "n": 0} and out["novelty"]["fraction"] is None
+
+
+def sheared(gamma: float) -> Structure:
+    """A triclinic NaClKBr cell whose γ alone is set: 90°, 97° and 104° form a chain under the matcher's 10°
+    angle tolerance (each neighbour matches, the ends do not)."""
+    return Structure(Lattice.from_parameters(3.9, 5.2, 6.8, 90, 90, gamma), ["Na", "Cl", "K", "Br"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.1, 0.6, 0.3], [0.35, 0.15, 0.8]])
+
+
+def test_uniqueness_compares_with_the_groups_representatives():
+    """97° joins 90°'s group; 104° matches 97° but not the representative 90°, so it starts a group, as
+    pymatgen's ``group_structures`` would; comparing with every earlier crystal would give 1 unique, not 2."""
+    chain = [sheared(90), sheared(97), sheared(104)]
+    matcher = StructureMatcher(**MATCHER_SETTINGS)
+    assert [matcher.fit(chain[0], chain[1]), matcher.fit(chain[1], chain[2]), matcher.fit(chain[0], chain[2])] == [
+        True, True, False]
+    out = held_out_novelty_uniqueness(chain, [], workers=1, progress=False)
+    assert out["uniqueness"] == {"fraction": 2 / 3, "n_unique": 2, "n": 3}
+    assert len(matcher.group_structures(chain)) == 2
 
 
 def test_held_out_crystals_count_when_constructed():

@@ -1,6 +1,9 @@
 """Uniqueness and novelty of crystals under pymatgen's StructureMatcher (docs/metrics.md#novelty-and-uniqueness).
 
-- **uniqueness**: the fraction of candidate crystals that no *earlier* candidate matches;
+- **uniqueness**: the fraction of candidate crystals that no earlier *unique* candidate matches: candidates are
+  grouped greedily in generation order, each joining the first group whose first member (its representative)
+  matches it, as pymatgen's ``StructureMatcher.group_structures`` groups, and the unique ones are the groups'
+  representatives;
 - **novelty**: the fraction of candidate crystals that no reference crystal (the training split) matches.
 
 The candidates of generated crystals are the valid ones (:attr:`~.crystal.EvalCrystal.valid`, CDVAE's rule):
@@ -18,8 +21,10 @@ bucketed by reduced composition (a dict; reference crystals of compositions no c
 each crystal in a bucket is reduced once to the Niggli-reduced primitive cell the matcher would compare
 (:func:`primitive_cell`), and only cells with equal atom counts are matched
 (``fit(..., skip_structure_reduction=True)``). A supercell of a crystal therefore still matches it. Buckets are
-processed in parallel (:func:`~.parallel.parallel_map`); a bucket's cost grows with the square of its size
-(uniqueness compares each candidate with every earlier one of its composition).
+processed in parallel (:func:`~.parallel.parallel_map`). A candidate is compared with the representatives of
+its bucket only, not with every earlier candidate: a bucket of n candidates in g groups costs about n·g matcher
+calls, not n²/2 (measured: 300 generated N2O3 cells in 4 groups, 6.3 s against 19.4 s comparing with every
+earlier one, growing with n; docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -82,11 +87,11 @@ def _cell(item, precision: Precision):
 
 def _bucket_matches(bucket: _Bucket, precision: Precision) -> list[tuple[bool, bool] | None]:
     """Per candidate of one bucket: ``None`` when it cannot be constructed (not a candidate), else
-    (matched by an earlier candidate, matched by a reference crystal)."""
+    (matched by an earlier unique candidate, matched by a reference crystal)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     matcher = StructureMatcher(**MATCHER_SETTINGS)
-    reference, earlier = defaultdict(list), defaultdict(list)
+    reference, representatives = defaultdict(list), defaultdict(list)
     for _, cell in (_cell(item, precision) for item in bucket.reference):
         if cell is not None:
             reference[len(cell)].append(cell)
@@ -96,9 +101,10 @@ def _bucket_matches(bucket: _Bucket, precision: Precision) -> list[tuple[bool, b
             out.append((False, False) if constructed else None)
             continue
         size = len(cell)
-        out.append((any(_fits(matcher, e, cell) for e in earlier[size]),
-                    any(_fits(matcher, r, cell) for r in reference[size])))
-        earlier[size].append(cell)
+        repeated = any(_fits(matcher, e, cell) for e in representatives[size])
+        out.append((repeated, any(_fits(matcher, r, cell) for r in reference[size])))
+        if not repeated:
+            representatives[size].append(cell)
     return out
 
 
