@@ -23,8 +23,9 @@ each crystal in a bucket is reduced once to the Niggli-reduced primitive cell th
 (``fit(..., skip_structure_reduction=True)``). A supercell of a crystal therefore still matches it. Buckets are
 processed in parallel (:func:`~.parallel.parallel_map`). A candidate is compared with the representatives of
 its bucket only, not with every earlier candidate: a bucket of n candidates in g groups costs about n·g matcher
-calls, not n²/2 (measured: 300 generated N2O3 cells in 4 groups, 6.3 s against 19.4 s comparing with every
-earlier one, growing with n; docs/metrics.md).
+calls, not up to n²/2 (measured on one thread: 300 generated N2O3 cells in 4 groups, 6.3 s against 19.4 s
+comparing with every earlier one; 10,000 crystals decoded from N(0, I), 1,494 buckets up to 1,228 crystals: 2 min,
+where comparing with every earlier one ran at 14 s per bucket).
 """
 
 from __future__ import annotations
