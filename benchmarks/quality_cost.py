@@ -7,12 +7,14 @@ Each setting is ``update:levels:steps`` (``langevin:50:100`` = CDVAE: 50 levels 
 ``--limit`` perov_5 crystals of the split from latents sampled with each seed (CDVAE's protocol) with the type
 rule given by ``--types``. Every (setting, seed) is a resumable run folder under ``--out``. Prints a markdown
 table (mean ± seed-to-seed standard deviation) and writes ``<out>/quality_cost_<split>.json`` labelled with
-dataset/split, model, seeds, device and commit.
+dataset/split, model (path and fingerprint), seeds, device, commit and, with ``--n-generate``, the prior that drew
+the generated crystals' latents (``--prior``; default: the model's learned prior when it has one, else N(0, I)).
 
-``--generation-settings`` generates under other settings than those reconstructed (e.g. without CDVAE's costly
-5,000 calls). Because every (setting, seed) resumes, the two halves can run as two processes on two cores
-(``--no-reconstruction`` for one, no ``--n-generate`` for the other, the same ``--out``) and a last call with
-both finds every row done and writes the combined JSON.
+``--generation-settings`` and ``--generation-seeds`` generate under other settings and seeds than those
+reconstructed (e.g. without CDVAE's costly 5,000 calls). Because every (setting, seed) resumes, the work can
+run as several processes on several cores (``--no-reconstruction`` for generation, no ``--n-generate`` for
+reconstruction, parts of the settings or seeds each, the same ``--out``) and a last call with everything finds
+every row done and writes the combined JSON.
 
 Run: ``python benchmarks/quality_cost.py models/perov_5.pt --limit 64 --seeds 0 1 2 --n-generate 200``.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 from evaluate_model import test_subset
 
-from tvcsp.checkpoint import load_model, provenance
+from tvcsp.checkpoint import load_model, model_fingerprint, provenance
 from tvcsp.data import get_dataset, load_split
 from tvcsp.metrics import evaluate_crystals
 from tvcsp.metrics.property_model import energy_predictor
@@ -70,7 +72,11 @@ def main() -> None:
     parser.add_argument("--n-generate", type=int, default=0, help="also generate this many per setting and seed")
     parser.add_argument("--generation-settings", nargs="+", default=None,
                         help="settings to generate with (default: --settings)")
+    parser.add_argument("--generation-seeds", type=int, nargs="+", default=None,
+                        help="seeds to generate with (default: --seeds)")
     parser.add_argument("--no-reconstruction", action="store_true", help="generation only (needs --n-generate)")
+    parser.add_argument("--prior", choices=["learned", "normal"], default=None,
+                        help="latents of the generated crystals (default: the model's learned prior if any)")
     parser.add_argument("--reference-limit", type=int, default=1000, help="test crystals generation is scored on")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
@@ -78,6 +84,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default runs/quality_cost_<model name>")
     args = parser.parse_args()
     generation_settings = args.generation_settings or args.settings
+    generation_seeds = args.generation_seeds or args.seeds
     try:
         for s in (*args.settings, *generation_settings):
             parse_setting(s)
@@ -99,18 +106,21 @@ def main() -> None:
     rows = [] if args.no_reconstruction else quality_cost(model, crystals, args.settings, args.seeds, **common)
     summary = summarise(rows)
     if args.n_generate:
-        generated = quality_cost(model, None, generation_settings, args.seeds, n_generate=args.n_generate,
-                                 reference=reference, predict=predict, **common)
+        generated = quality_cost(model, None, generation_settings, generation_seeds, n_generate=args.n_generate,
+                                 reference=reference, predict=predict, prior=args.prior, **common)
         rows, summary = rows + generated, summary + summarise(generated)
     labels = {"dataset": info.label, "split": args.split, "n": 0 if args.no_reconstruction else len(crystals),
-              "model": str(args.model),
+              "model": str(args.model), "model_fingerprint": model_fingerprint(model),
+              **({"prior": rows[-1]["prior"]} if args.n_generate else {}),
               "types": args.types, "latent": "sampled z (CDVAE)", "seeds": args.seeds, "subset_seed": args.subset_seed,
-              "n_generated": args.n_generate, "n_reference": len(reference) if reference is not None else 0,
+              "n_generated": args.n_generate, "generation_seeds": generation_seeds if args.n_generate else [],
+              "n_reference": len(reference) if reference is not None else 0,
               "energy_skipped": skipped, "threads": args.threads, **provenance()}
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"quality_cost_{args.split}.json"
     path.write_text(json.dumps({"labels": labels, "rows": rows, "summary": summary}, indent=1))
-    print(f"\n{info.label} {args.split}, {len(crystals)} crystals, types {args.types}, seeds {args.seeds}, "
+    prior = f", prior {labels['prior']}" if args.n_generate else ""
+    print(f"\n{info.label} {args.split}, {len(crystals)} crystals, types {args.types}, seeds {args.seeds}{prior}, "
           f"{labels['device']}, commit {labels['commit']}; written {path}\n")
     for part in ([s for s in summary if "match_rate" in s], [s for s in summary if "valid" in s]):
         if part:

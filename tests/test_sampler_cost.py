@@ -4,6 +4,8 @@ import pytest
 from conftest import tiny_vae
 
 from tvcsp import sampler_cost
+from tvcsp.checkpoint import model_fingerprint
+from tvcsp.prior import FlowPriorConfig, LatentPrior
 from tvcsp.sampler_cost import CURVE_SETTINGS, parse_setting, quality_cost, setting_tag, summarise
 from tvcsp.sampling import SamplerSettings
 
@@ -55,6 +57,7 @@ def test_quality_cost_rows_per_setting_and_seed_and_resume(tiny, tmp_path, monke
     for row in rows:
         assert 0 <= row["match_rate"] <= 1 and 0 <= row["valid"] <= 1 and row["n_generated"] == 3
         assert row["seconds_per_crystal"] > 0 and row["generation_seconds_per_crystal"] > 0
+        assert row["model"] == model_fingerprint(model) and row["prior"] == "normal"  # the toy has no prior
     first = json.loads(next(tmp_path.glob("*_kept_langevin_2x1_seed0/row.json")).read_text())
     assert first == rows[0]
 
@@ -86,3 +89,21 @@ def test_quality_cost_can_measure_generation_alone(tiny, tmp_path):
     assert set(summarise([row])[0]) >= {"valid", "cov_recall", "generation_seconds_per_crystal"}
     with pytest.raises(ValueError, match="nothing to measure"):
         quality_cost(model, None, ["ddim:2:1"], out=tmp_path)
+
+
+def test_quality_cost_labels_the_prior_and_refuses_rows_of_other_weights(tiny, tmp_path):
+    model, crystals = tiny
+    reference = [crystals.to_structure(i) for i in range(4)]
+    prior = LatentPrior(model.config.latent_dim, FlowPriorConfig(hidden=16, num_blocks=1, sample_steps=2))
+    common = dict(out=tmp_path, n_generate=2, reference=reference, dataset="perov_5", progress=False)
+    (learned,) = quality_cost(model, None, ["ddim:2:1"], prior=prior, **common)
+    assert learned["prior"] == "learned" and learned["prior_network_calls"] == prior.network_calls
+    (normal,) = quality_cost(model, None, ["ddim:2:1"], prior="normal", **common)
+    assert normal["prior"] == "normal" and "prior_network_calls" not in normal
+    assert summarise([learned])[0]["prior"] == "learned"
+    assert {p.name for p in tmp_path.iterdir()} == {"generation_learned_kept_ddim_2x1_seed0",
+                                                    "generation_normal_kept_ddim_2x1_seed0"}
+    row = tmp_path / "generation_normal_kept_ddim_2x1_seed0" / "row.json"
+    row.write_text(json.dumps(normal | {"model": "0123456789abcdef"}))
+    with pytest.raises(ValueError, match="0123456789abcdef.*use another out folder"):
+        quality_cost(model, None, ["ddim:2:1"], prior="normal", **common)

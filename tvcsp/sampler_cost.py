@@ -3,9 +3,9 @@
 A *setting* is ``update:levels:steps`` — ``langevin:50:100`` is CDVAE's protocol, 50 noise levels × 100 steps =
 5,000 decoder calls per crystal; with a type rule of :data:`TYPE_RULES` it makes a
 :class:`~tvcsp.sampling.SamplerSettings` (:func:`parse_setting`). :func:`quality_cost` reconstructs the same
-crystals (and, if asked, generates crystals from the prior) under every setting and seed, each in its own
-resumable run folder, and returns one row per (setting, seed); :func:`summarise` gives every setting's mean and
-seed-to-seed spread.
+crystals (and, if asked, generates crystals from a latent prior) under every setting and seed, each in its own
+resumable run folder, and returns one row per (setting, seed), labelled with the model's fingerprint and, for
+generation, the prior that drew the latents; :func:`summarise` gives every setting's mean and seed-to-seed spread.
 """
 
 from __future__ import annotations
@@ -72,33 +72,43 @@ def _generation_row(metrics: dict) -> dict:
 def quality_cost(
     model, crystals, settings: Sequence[str], seeds: Sequence[int] = (0,), *, out: str | Path, types: str = "kept",
     batch_size: int = 500, workers: int | None = 1, n_generate: int = 0, reference: Sequence | None = None,
-    dataset: str | None = None, predict: Callable | None = None, progress: bool = True,
+    dataset: str | None = None, predict: Callable | None = None, prior=None, progress: bool = True,
 ) -> list[dict]:
     """Reconstruction (and generation) quality of every sampler setting and seed.
 
     Every (setting, seed) decodes the same ``crystals`` from latents sampled with that seed (CDVAE's protocol),
     in the run folder ``out/<split>_<types>_<tag>_seed<seed>``; its row is saved there as ``row.json``, so an
-    interrupted curve resumes where it stopped and a finished row is never recomputed.
+    interrupted curve resumes where it stopped and a finished row is never recomputed; a row saved for other
+    weights is refused rather than reused.
 
     Args:
         model: a :class:`~tvcsp.vae.CrystalVAE` in eval mode; crystals: a :class:`~tvcsp.data.CrystalTensors` to
             reconstruct (``None``: generation only).
         settings: ``update:levels:steps`` strings (:func:`parse_setting`); seeds: one curve per seed.
         types: a key of :data:`TYPE_RULES`; batch_size: crystals per decoder batch; workers: matcher processes.
-        n_generate: also generate this many crystals from z ~ N(0, I) per (setting, seed) and score them against
-            ``reference`` (Structures or evaluated crystals, e.g. test crystals) for ``dataset``; ``predict``
-            is the energy model (``None``: no energy EMD).
+        n_generate: also generate this many crystals per (setting, seed) and score them against ``reference``
+            (Structures or evaluated crystals, e.g. test crystals) for ``dataset``; ``predict`` is the energy
+            model (``None``: no energy EMD); ``prior``: where their latents come from, as for
+            :func:`tvcsp.tasks.generate` (``None``: the model's learned prior when it has one, else N(0, I);
+            ``"normal"``: N(0, I)).
         progress: a progress bar over the (setting, seed) pairs.
 
     Returns:
-        rows with the setting, ``seed``, ``decoder_calls``; with crystals ``match_rate``, ``rmse`` and
-        ``seconds_per_crystal`` (sampling only); with ``n_generate`` :data:`GENERATION_KEYS` and
-        ``generation_seconds_per_crystal``.
+        rows with the setting, ``seed``, ``decoder_calls``, ``model`` (fingerprint of the weights); with crystals
+        ``match_rate``, ``rmse`` and ``seconds_per_crystal`` (sampling only); with ``n_generate``
+        :data:`GENERATION_KEYS`, ``generation_seconds_per_crystal`` and the prior's labels (``prior``: ``"normal"``
+        or ``"learned"``, with the learned prior's network calls and fingerprint).
+
+    Raises:
+        ValueError: an unknown type rule, generation without a reference, nothing to measure, or a folder under
+            ``out`` that holds a finished row of other weights or another prior.
     """
     from tqdm.auto import tqdm
 
+    from .checkpoint import model_fingerprint
     from .metrics import evaluate_generation, evaluate_reconstruction
-    from .tasks import generate, reconstruct, to_crystal_arrays
+    from .prior import resolve_prior
+    from .tasks import generate, prior_settings, reconstruct, to_crystal_arrays
 
     parsed = [parse_setting(s, types) for s in settings]
     if n_generate and reference is None:
@@ -106,17 +116,22 @@ def quality_cost(
     if crystals is None and not n_generate:
         raise ValueError("nothing to measure: no crystals to reconstruct and n_generate = 0")
     split = "generation" if crystals is None else crystals.meta.get("split", "crystals")
+    labels = {"model": model_fingerprint(model)}
+    if n_generate:
+        chosen = resolve_prior(model, prior)
+        labels |= prior_settings(chosen)
+        split += f"_{labels['prior']}"
     rows, out = [], Path(out)
     pairs = [(s, seed) for s in parsed for seed in seeds]
     for sampler, seed in tqdm(pairs, desc="settings × seeds", disable=not progress):
         folder = out / f"{split}_{types}_{setting_tag(sampler)}_seed{seed}"
         saved = folder / "row.json"
         if saved.is_file():
-            rows.append(json.loads(saved.read_text()))
+            rows.append(_saved_row(saved, labels))
             continue
         options = {"batch_size": batch_size, "seed": seed, "dataset": dataset, "progress": False}
         row = {"update": sampler.update, "num_levels": sampler.num_levels, "n_step_each": sampler.n_step_each,
-               "types": types, "seed": seed, "decoder_calls": sampler.decoder_calls(model.sigmas)}
+               "types": types, "seed": seed, "decoder_calls": sampler.decoder_calls(model.sigmas), **labels}
         if crystals is not None:
             start = time.perf_counter()
             samples = reconstruct(model, crystals, folder / "reconstruction", sampler, **options)
@@ -127,7 +142,8 @@ def quality_cost(
                        seconds_per_crystal=seconds / len(crystals))
         if n_generate:
             start = time.perf_counter()
-            generated = generate(model, n_generate, folder / "generation", sampler, **options)
+            generated = generate(model, n_generate, folder / "generation", sampler,
+                                 prior="normal" if chosen is None else chosen, **options)
             row["generation_seconds_per_crystal"] = (time.perf_counter() - start) / n_generate
             scores = evaluate_generation(to_crystal_arrays(generated), reference, dataset, predict=predict,
                                          workers=workers, progress=False)
@@ -136,6 +152,16 @@ def quality_cost(
         saved.write_text(json.dumps(row, indent=1))
         rows.append(row)
     return rows
+
+
+def _saved_row(path: Path, labels: dict) -> dict:
+    """A finished row, refused when it was measured on other weights or with another prior."""
+    row = json.loads(path.read_text())
+    other = {k: row.get(k) for k in labels if row.get(k) != labels[k]}
+    if other:
+        raise ValueError(f"{path} was measured with {other}, not {({k: labels[k] for k in other})}: "
+                         "use another out folder")
+    return row
 
 
 def _spread(values: list[float]) -> dict:
@@ -157,6 +183,7 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
     for (update, levels, steps, types), group in groups.items():
         entry = {"update": update, "num_levels": levels, "n_step_each": steps, "types": types,
                  "decoder_calls": group[0]["decoder_calls"], "seeds": [r["seed"] for r in group]}
+        entry |= {k: group[0][k] for k in ("model", "prior") if k in group[0]}
         for key in (*RECONSTRUCTION_KEYS, "seconds_per_crystal", *GENERATION_KEYS, "generation_seconds_per_crystal"):
             if key in group[0]:
                 entry[key] = _spread([r.get(key) for r in group])
