@@ -15,8 +15,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .sampling import SamplerSettings
+
+if TYPE_CHECKING:
+    from .prior import LatentPrior
 
 __all__ = ["CDVAE_SETTING", "CURVE_SETTINGS", "TYPE_RULES", "parse_setting", "quality_cost", "setting_tag",
            "summarise"]
@@ -72,14 +76,16 @@ def _generation_row(metrics: dict) -> dict:
 def quality_cost(
     model, crystals, settings: Sequence[str], seeds: Sequence[int] = (0,), *, out: str | Path, types: str = "kept",
     batch_size: int = 500, workers: int | None = 1, n_generate: int = 0, reference: Sequence | None = None,
-    dataset: str | None = None, predict: Callable | None = None, prior=None, progress: bool = True,
+    dataset: str | None = None, predict: Callable | None = None, prior: str | LatentPrior | None = None,
+    progress: bool = True,
 ) -> list[dict]:
     """Reconstruction (and generation) quality of every sampler setting and seed.
 
     Every (setting, seed) decodes the same ``crystals`` from latents sampled with that seed (CDVAE's protocol),
-    in the run folder ``out/<split>_<types>_<tag>_seed<seed>``; its row is saved there as ``row.json``, so an
-    interrupted curve resumes where it stopped and a finished row is never recomputed; a row saved for other
-    weights is refused rather than reused.
+    in the run folder ``out/<split>_<types>_<tag>_seed<seed>`` (``<split>`` is ``generation_<prior>`` for
+    generation alone, and gets ``_<prior>`` appended when both are measured); its row is saved there as
+    ``row.json``, so an interrupted curve resumes where it stopped and a finished row is never recomputed; a row
+    saved for other weights is refused rather than reused.
 
     Args:
         model: a :class:`~tvcsp.vae.CrystalVAE` in eval mode; crystals: a :class:`~tvcsp.data.CrystalTensors` to
