@@ -14,9 +14,10 @@ model was trained on (``--dataset`` names another label of the same data, e.g. w
 re-encodes nearest μ(x) kept; K times the decoder calls) instead of CDVAE's single draw.
 
 Both use the annealed Langevin sampler with ``--n-step-each`` steps per noise level (CDVAE: 100) and the
-sampler options ``--num-levels``, ``--update``, ``--keep-composition`` (docs/sampling.md). Writes
-``<out>/evaluation.json`` (labelled: dataset/split, model, seed, sampler, commit, device, timings) and prints a
-table. Run: ``python benchmarks/evaluate_model.py models/perov_5.pt --limit 500 --n-generate 1000``.
+sampler options ``--num-levels``, ``--update``, ``--keep-composition``, ``--composition-rule``
+(docs/sampling.md). Writes ``<out>/evaluation.json`` (labelled: dataset/split, model, seed, sampler, commit,
+device, timings) and prints a table.
+Run: ``python benchmarks/evaluate_model.py models/perov_5.pt --limit 500 --n-generate 1000``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tvcsp.data import get_dataset, load_split
 from tvcsp.diagnostics import failure_kinds
 from tvcsp.metrics import evaluate_crystals, evaluate_generation, reconstruction_metrics, write_metrics_json
 from tvcsp.metrics.property_model import energy_predictor
-from tvcsp.sampling import SamplerSettings
+from tvcsp.sampling import COMPOSITION_RULES, SamplerSettings
 from tvcsp.tasks import generate, reconstruct, to_crystal_arrays
 
 
@@ -57,7 +58,7 @@ def test_subset(test, limit: int, seed: int):
 
 def sampler_settings(args) -> SamplerSettings:
     return SamplerSettings(n_step_each=args.n_step_each, num_levels=args.num_levels, update=args.update,
-                           keep_composition=args.keep_composition)
+                           keep_composition=args.keep_composition, composition_rule=args.composition_rule)
 
 
 def evaluate_reconstruction_split(model, crystals, train_formulas: set[str], args) -> dict:
@@ -108,6 +109,8 @@ def main() -> None:
     parser.add_argument("--num-levels", type=int, default=None, help="noise levels visited (all 50)")
     parser.add_argument("--update", default="langevin", choices=["langevin", "ancestral", "ddim"])
     parser.add_argument("--keep-composition", action="store_true", help="types keep the composition head's counts")
+    parser.add_argument("--composition-rule", default="sample", choices=list(COMPOSITION_RULES),
+                        help="starting element counts (docs/sampling.md#composition-rules; CDVAE: sample)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--prior", default="normal", choices=["normal", "learned"],
                         help="where generated latents come from (normal: N(0, I), the paper's)")

@@ -36,12 +36,12 @@ from pathlib import Path
 from .data import SPLITS, DatasetInfo, get_dataset, load_split, load_stats
 from .errors import UserInputError
 from .predict import RANKINGS, PredictSettings
-from .sampling import PRECISIONS, SAMPLER_PRESETS, UPDATES, SamplerSettings
+from .sampling import COMPOSITION_RULES, PRECISIONS, SAMPLER_PRESETS, UPDATES, SamplerSettings
 
 USAGE_ERROR = 2  # exit status of every user error (as argparse's)
 PREDICT_DEFAULTS = PredictSettings()
 SAMPLER_OPTIONS = ("n_step_each", "step_lr", "min_sigma", "num_levels", "update", "keep_composition",
-                   "composition_prior", "precision")  # SamplerSettings fields with a command-line option
+                   "composition_prior", "composition_rule", "precision")  # SamplerSettings fields with an option
 
 
 class CLIError(Exception):
@@ -402,6 +402,9 @@ def _add_sampler_settings(parser: argparse.ArgumentParser, preset: str) -> None:
                         help="types keep the composition head's element counts (fast; cdvae: the decoder's argmax)")
     parser.add_argument("--composition-prior", action=argparse.BooleanOptionalAction,
                         help="add the composition head's log-probabilities to the decoder's type logits (off)")
+    parser.add_argument("--composition-rule", choices=COMPOSITION_RULES,
+                        help="element counts from the composition head: sample (CDVAE: round p·N, draw the rest), "
+                             "nearest (the counts nearest p) or balanced (the nearest charge-balanced counts)")
     parser.add_argument("--precision", choices=PRECISIONS, help="decoder precision (32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder")
     parser.add_argument("--seed", type=int, default=0)

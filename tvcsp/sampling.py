@@ -33,14 +33,15 @@ from .geometry import lattice_params_to_matrix
 if TYPE_CHECKING:
     from .vae import CrystalVAE
 
-__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PRECISIONS", "SAMPLER_PRESETS", "UPDATES", "CompositionKeeper",
-           "SamplerSettings", "ScoreFn", "checked_lattice", "composition_sample", "decode", "langevin",
-           "make_generator", "sigma_ladder"]
+__all__ = ["CDVAE_SAMPLER", "COMPOSITION_RULES", "FAST_SAMPLER", "PRECISIONS", "SAMPLER_PRESETS", "UPDATES",
+           "CompositionKeeper", "SamplerSettings", "ScoreFn", "checked_lattice", "composition_sample", "decode",
+           "langevin", "make_generator", "sigma_ladder"]
 
 ScoreFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``(z (B, D), frac (N, 3), types (N,), num_atoms (B,), lattice (B, 3, 3)) → (score (N, 3), logits (N, T))``."""
 
 PRECISIONS = ("32", "bf16")
+COMPOSITION_RULES = ("sample", "nearest", "balanced")  # as tvcsp.stoichiometry's, which this module does not import
 UPDATES = ("langevin", "ancestral", "ddim")
 SAFE_CELL = 10.0  # Å, edge of the cubic stand-in cell for crystals whose predicted lattice is unusable
 MIN_RELATIVE_VOLUME = 1e-6  # V / (a·b·c) below this is treated as a singular lattice
@@ -66,6 +67,9 @@ class SamplerSettings:
         composition_prior: each step's types are argmax(decoder logits + log p(element | z)) with p from the
             composition head, so an element the head rules out is never chosen (``False``: CDVAE's rule, the
             decoder's argmax alone).
+        composition_rule: how the composition head's fractions become the starting element counts:
+            ``'sample'`` (CDVAE: :func:`composition_sample`), ``'nearest'`` or ``'balanced'``
+            (:mod:`tvcsp.stoichiometry`).
         precision: ``'32'`` or ``'bf16'`` (autocast of the decoder call only).
     """
 
@@ -76,11 +80,14 @@ class SamplerSettings:
     update: str = "langevin"
     keep_composition: bool = False
     composition_prior: bool = False
+    composition_rule: str = "sample"
     precision: str = "32"
 
     def __post_init__(self):
         if self.update not in UPDATES:
             raise UserInputError(f"update must be one of {UPDATES}, got {self.update!r}")
+        if self.composition_rule not in COMPOSITION_RULES:
+            raise UserInputError(f"composition_rule must be one of {COMPOSITION_RULES}, got {self.composition_rule!r}")
         if self.precision not in PRECISIONS:
             raise UserInputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not _is_count(self.n_step_each):
@@ -419,14 +426,15 @@ def decode(
     """Latents → crystals with a :class:`~tvcsp.vae.CrystalVAE` (docs/sampling.md#annealed-langevin-dynamics steps 1–7).
 
     N = argmax of the atom-count head (0 possible: such crystals have no atoms and an invalid lattice),
-    lattice from the lattice head scaled by N^{1/3}, initial types by :func:`composition_sample`, uniform
-    initial coordinates, then :func:`langevin` with the model's decoder and noise levels. Crystals whose
-    lattice is unusable (see :func:`checked_lattice`) keep their initial state and are flagged.
+    lattice from the lattice head scaled by N^{1/3}, initial types by the sampler's ``composition_rule``
+    (CDVAE's :func:`composition_sample` by default), uniform initial coordinates, then :func:`langevin` with
+    the model's decoder and noise levels. Crystals whose lattice is unusable (see :func:`checked_lattice`) keep
+    their initial state and are flagged.
 
     Args:
         model: the VAE (put it in eval mode first); z: ``(B, latent)`` on the model's device.
         sampler: the :class:`SamplerSettings` (default CDVAE's). With ``keep_composition`` every crystal keeps
-            the composition it starts with (the composition head's, rounded by :func:`composition_sample`); with
+            the composition it starts with (the composition head's, made whole by ``composition_rule``); with
             ``composition_prior`` the composition head's log-probabilities are added to the decoder's logits.
         num_atoms: ``(B,)`` forced atom counts; atom_types: ``(Σ N_b,)`` forced types: each atom keeps its type
             (``types_fixed``), or they are the initial types and the sampler's type rule moves them (with
@@ -445,8 +453,12 @@ def decode(
     lengths, angles = lengths.float(), angles.float()
     lattice, valid = checked_lattice(lengths, angles)
     composition = torch.log_softmax(model.fc_composition(z).float(), -1)
-    if atom_types is None:
+    if atom_types is None and sampler.composition_rule == "sample":
         init_types = composition_sample(composition.exp(), num_atoms, generator)
+    elif atom_types is None:
+        from .stoichiometry import integer_composition  # imports the metrics library (SMACT), so only here
+
+        init_types = integer_composition(composition.exp(), num_atoms, sampler.composition_rule)
     else:
         init_types = atom_types.to(device).long()
     frac, types = langevin(

@@ -131,11 +131,14 @@ def _open_run(out: Path, settings: dict, labels: dict, device: str) -> dict:
 
 
 def _sampler_record(sampler: SamplerSettings) -> dict:
-    """The sampler's entries in a run's settings: every field, ``composition_prior`` only when it is on (runs
-    written before it could be chosen have no such key and must still resume)."""
+    """The sampler's entries in a run's settings: every field, ``composition_prior`` only when it is on and
+    ``composition_rule`` only when it is not CDVAE's ``'sample'`` (runs written before they could be chosen have
+    no such keys and must still resume)."""
     record = sampler.to_dict()
     if not sampler.composition_prior:
         del record["composition_prior"]
+    if sampler.composition_rule == "sample":
+        del record["composition_rule"]
     return record
 
 
