@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--sampler", default="fast", choices=["fast", "cdvae"])
     parser.add_argument("--update", choices=["langevin", "ancestral", "ddim"], help="replaces the preset's update")
     parser.add_argument("--n-step-each", type=int, help="replaces the preset's steps per noise level")
+    parser.add_argument("--num-levels", type=int, help="replaces the preset's noise levels visited (all 50)")
     parser.add_argument("--refine", type=int, default=PredictSettings().refine, help="rounds of re-encoding")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for decoding")
@@ -91,7 +92,7 @@ def main() -> None:
 
     model = load_model(args.model).eval()
     sampler = SamplerSettings.preset(args.sampler)
-    changes = {"update": args.update, "n_step_each": args.n_step_each}
+    changes = {"update": args.update, "n_step_each": args.n_step_each, "num_levels": args.num_levels}
     sampler = dataclasses.replace(sampler, **{k: v for k, v in changes.items() if v is not None})
     settings = PredictSettings(pool=args.pool, latent_steps=args.latent_steps, ranking=args.ranking,
                                refine=args.refine, prior=args.prior, sampler=sampler)
