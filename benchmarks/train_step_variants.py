@@ -3,7 +3,9 @@ exactness.
 
 Variants: ``fp32`` (the step as trained), ``bf16-decoder`` (the GemNet decoder under CPU bfloat16 autocast; the
 e3nn encoder fails under autocast, its tensordot mixing dtypes) and ``compile-decoder`` (``torch.compile`` of the
-decoder; the e3nn encoder does not compile). Each round times
+decoder; the e3nn encoder does not compile); ``fp32-2t`` and ``compile-decoder-2t`` run the same step with two
+torch threads instead of ``--threads`` (thread settings: the long runs train on one thread beside other jobs, so
+measure these on an otherwise idle 2-core machine). Each round times
 one optimiser step (forward, backward, Adam) of every variant on the round's batch with the same seed (each variant
 trains its own copy of the same initial model), so the ratios are paired and robust to a machine whose speed
 drifts; the loss of each variant's first step, from the same weights, is compared with fp32's (a speed-up may
@@ -27,7 +29,8 @@ from tvcsp.data import CrystalDataset, compute_stats, fit_scalers, load_split
 from tvcsp.train import make_configs
 from tvcsp.vae import CrystalVAE
 
-VARIANTS = ("fp32", "bf16-decoder", "compile-decoder")
+VARIANTS = ("fp32", "bf16-decoder", "compile-decoder", "fp32-2t", "compile-decoder-2t")
+TWO_THREADS = "-2t"
 
 
 def build(batch_size: int, batches: int) -> tuple[CrystalVAE, list]:
@@ -58,6 +61,7 @@ class Autocast(torch.nn.Module):
 def variant(model: CrystalVAE, name: str) -> CrystalVAE:
     """A copy of the model set up for the variant."""
     model = copy.deepcopy(model)
+    name = name.removesuffix(TWO_THREADS)
     if name == "compile-decoder":
         model.decoder = torch.compile(model.decoder)
     elif name == "bf16-decoder":
@@ -65,8 +69,9 @@ def variant(model: CrystalVAE, name: str) -> CrystalVAE:
     return model
 
 
-def step(model: CrystalVAE, optimizer, batch) -> tuple[float, float]:
-    """One seeded optimiser step: (seconds, loss)."""
+def step(model: CrystalVAE, optimizer, batch, threads: int) -> tuple[float, float]:
+    """One seeded optimiser step on ``threads`` torch threads: (seconds, loss)."""
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     start = time.perf_counter()
     loss = model(batch, teacher_forcing=False)["loss"]
@@ -82,7 +87,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=8, help="timed rounds, each on a new batch")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (compilation)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS[:3]))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -91,15 +96,17 @@ def main() -> None:
     for name in args.variants:
         model = variant(base, name)
         runs[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-4))
-    first = {name: step(*runs[name], batches[0])[1] for name in args.variants}
+    threads = {name: 2 if name.endswith(TWO_THREADS) else args.threads for name in args.variants}
+    first = {name: step(*runs[name], batches[0], threads[name])[1] for name in args.variants}
     times = {name: [] for name in args.variants}
     for r, batch in enumerate(batches[1:], start=1):
         for name in args.variants:
-            seconds, _ = step(*runs[name], batch)
+            seconds, _ = step(*runs[name], batch, threads[name])
             if r >= args.warmup:
                 times[name].append(seconds)
     labels = provenance()
-    print(f"{labels['device']}, {args.threads} thread(s), torch {torch.__version__}, commit {labels['commit']}; "
+    print(f"{labels['device']}, {args.threads} thread(s) (2 for the -2t variants), torch {torch.__version__}, "
+          f"commit {labels['commit']}; "
           f"cpu profile, perov_5 batch {args.batch_size}, {len(times[args.variants[0]])} paired rounds after "
           f"{args.warmup} untimed")
     print("| variant | s / step (median) | fp32 / variant (median of paired ratios) | first-step loss rel. diff |")
