@@ -34,14 +34,15 @@ if TYPE_CHECKING:
     from .vae import CrystalVAE
 
 __all__ = ["CDVAE_SAMPLER", "COMPOSITION_RULES", "FAST_SAMPLER", "PRECISIONS", "SAMPLER_PRESETS", "UPDATES",
-           "CompositionKeeper", "SamplerSettings", "ScoreFn", "checked_lattice", "composition_sample", "decode",
+           "CompositionKeeper", "SamplerSettings", "ScoreFn", "check_composition_probs", "checked_lattice",
+           "composition_sample", "decode",
            "langevin", "make_generator", "sigma_ladder"]
 
 ScoreFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``(z (B, D), frac (N, 3), types (N,), num_atoms (B,), lattice (B, 3, 3)) → (score (N, 3), logits (N, T))``."""
 
 PRECISIONS = ("32", "bf16")
-COMPOSITION_RULES = ("sample", "nearest", "balanced")  # as tvcsp.stoichiometry's, which this module does not import
+COMPOSITION_RULES = ("sample", "nearest", "balanced")  # "sample": composition_sample; the others: tvcsp.stoichiometry
 UPDATES = ("langevin", "ancestral", "ddim")
 SAFE_CELL = 10.0  # Å, edge of the cubic stand-in cell for crystals whose predicted lattice is unusable
 MIN_RELATIVE_VOLUME = 1e-6  # V / (a·b·c) below this is treated as a singular lattice
@@ -156,6 +157,17 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return generator
 
 
+def check_composition_probs(probs: torch.Tensor, num_atoms: torch.Tensor) -> None:
+    """Raise a ``ValueError`` naming the crystals with atoms whose element probabilities ``(B, T)`` are not
+    finite, non-negative and non-zero (their types cannot be chosen; ``num_atoms`` ``(B,)``). One device sync."""
+    bad = (num_atoms > 0) & ~(torch.isfinite(probs).all(-1) & (probs >= 0).all(-1) & (probs.sum(-1) > 0))
+    if bad.any():  # one sync, outside the sampler's step loop
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(f"composition probabilities of {len(rows)} of {len(probs)} crystals are not finite, "
+                         f"non-negative and non-zero (rows {rows[:10]}{' …' if len(rows) > 10 else ''}): "
+                         "their latents or the composition head are not finite")
+
+
 def composition_sample(
     probs: torch.Tensor, num_atoms: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -182,12 +194,7 @@ def composition_sample(
     """
     device, (n_crystals, n_types) = probs.device, probs.shape
     num_atoms = num_atoms.long()
-    bad = (num_atoms > 0) & ~(torch.isfinite(probs).all(-1) & (probs >= 0).all(-1) & (probs.sum(-1) > 0))
-    if bad.any():  # one sync, outside the sampler's step loop
-        rows = bad.nonzero().flatten().tolist()
-        raise ValueError(f"composition probabilities of {len(rows)} of {n_crystals} crystals are not finite, "
-                         f"non-negative and non-zero (rows {rows[:10]}{' …' if len(rows) > 10 else ''}): "
-                         "their latents or the composition head are not finite")
+    check_composition_probs(probs, num_atoms)
     probs = torch.where((num_atoms > 0).unsqueeze(-1), probs, 0.0)
     counts = torch.round(probs * num_atoms.unsqueeze(-1).to(probs.dtype)).long()
     deficit = (num_atoms - counts.sum(-1)).clamp_min(0)

@@ -30,11 +30,11 @@ import math
 import torch
 
 from .metrics.validity import composition_validity
+from .sampling import COMPOSITION_RULES, check_composition_probs
 
-__all__ = ["BALANCE_SLACK", "COMPOSITION_RULES", "MAX_ELEMENTS", "MIN_EXPECTED", "WINDOW", "candidate_counts",
-           "integer_composition", "whole_counts"]
+__all__ = ["BALANCE_SLACK", "MAX_ELEMENTS", "MIN_EXPECTED", "WINDOW", "candidate_counts", "integer_composition",
+           "whole_counts"]
 
-COMPOSITION_RULES = ("sample", "nearest", "balanced")  # tvcsp.sampling.COMPOSITION_RULES, checked by the tests
 BALANCE_SLACK = 0.2
 """L1 distance (in fractions) a balanced composition may lie beyond the nearest one, chosen on validation
 crystals: slacks 0 / 0.1 / 0.2 / 0.4 / 1.0 gave 36.5 / 38.2 / 39.0 / 38.7 / 38.3 % right compositions on
@@ -89,7 +89,8 @@ def integer_composition(probs: torch.Tensor, num_atoms: torch.Tensor, rule: str)
 
     Args:
         probs: ``(B, T)`` element fractions from the composition head (index = Z − 1); num_atoms: ``(B,)``.
-        rule: ``"nearest"`` or ``"balanced"`` (``"sample"`` is :func:`tvcsp.sampling.composition_sample`).
+        rule: ``"nearest"`` or ``"balanced"`` of :data:`tvcsp.sampling.COMPOSITION_RULES` (``"sample"`` is
+            :func:`tvcsp.sampling.composition_sample`).
 
     Returns:
         ``(Σ N_b,)`` long atomic numbers on ``probs.device``, crystal by crystal, each crystal's in ascending Z
@@ -97,10 +98,7 @@ def integer_composition(probs: torch.Tensor, num_atoms: torch.Tensor, rule: str)
     """
     if rule not in COMPOSITION_RULES[1:]:
         raise ValueError(f"integer_composition takes 'nearest' or 'balanced', got {rule!r}")
-    usable = torch.isfinite(probs).all(-1) & (probs >= 0).all(-1) & (probs.sum(-1) > 0)
-    if bool(((num_atoms > 0) & ~usable).any()):
-        raise ValueError("composition probabilities are not finite, non-negative and non-zero for some crystals: "
-                         "their latents or the composition head are not finite")
+    check_composition_probs(probs, num_atoms)
     rows, sizes = probs.detach().double().cpu().tolist(), num_atoms.long().cpu().tolist()
     types = []
     for fractions, n in zip(rows, sizes, strict=True):
