@@ -40,6 +40,7 @@ def test_balanced_takes_the_nearest_charge_neutral_counts_within_the_slack():
     far = fractions({LI: 0.40, OX: 0.60})  # 0.133 against 0.533: beyond the slack, so the nearest stays
     assert BALANCE_SLACK < 0.533 - 0.133
     assert whole_counts(far, 3, "balanced") == ((LI, OX), (1, 2))
+    assert whole_counts(far, 3, "balanced", slack=0.5) == ((LI, OX), (2, 1))  # a wider slack reaches Li2O
 
 
 def test_integer_composition_lists_each_crystal_in_ascending_z():

@@ -71,11 +71,13 @@ def candidate_counts(fractions: list[float], n: int) -> list[tuple[float, tuple[
     return found or [(float("nan"), (elements[0] + 1,), (n,))]
 
 
-def whole_counts(fractions: list[float], n: int, rule: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Atomic numbers and counts of one crystal of ``n`` atoms by ``rule`` ``"nearest"`` or ``"balanced"``."""
+def whole_counts(fractions: list[float], n: int, rule: str, slack: float = BALANCE_SLACK
+                 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Atomic numbers and counts of one crystal of ``n`` atoms by ``rule`` ``"nearest"`` or ``"balanced"`` (a
+    balanced candidate may lie ``slack`` farther than the nearest)."""
     candidates = candidate_counts(fractions, n)
     if rule == "balanced":
-        limit = candidates[0][0] + BALANCE_SLACK
+        limit = candidates[0][0] + slack
         for distance, elements, counts in candidates:
             if distance > limit:
                 break
@@ -84,13 +86,14 @@ def whole_counts(fractions: list[float], n: int, rule: str) -> tuple[tuple[int, 
     return candidates[0][1], candidates[0][2]
 
 
-def integer_composition(probs: torch.Tensor, num_atoms: torch.Tensor, rule: str) -> torch.Tensor:
+def integer_composition(probs: torch.Tensor, num_atoms: torch.Tensor, rule: str,
+                        slack: float = BALANCE_SLACK) -> torch.Tensor:
     """Initial atom types of every crystal by a deterministic rule of :data:`COMPOSITION_RULES`.
 
     Args:
         probs: ``(B, T)`` element fractions from the composition head (index = Z − 1); num_atoms: ``(B,)``.
         rule: ``"nearest"`` or ``"balanced"`` of :data:`tvcsp.sampling.COMPOSITION_RULES` (``"sample"`` is
-            :func:`tvcsp.sampling.composition_sample`).
+            :func:`tvcsp.sampling.composition_sample`); slack: as in :func:`whole_counts`.
 
     Returns:
         ``(Σ N_b,)`` long atomic numbers on ``probs.device``, crystal by crystal, each crystal's in ascending Z
@@ -103,6 +106,6 @@ def integer_composition(probs: torch.Tensor, num_atoms: torch.Tensor, rule: str)
     types = []
     for fractions, n in zip(rows, sizes, strict=True):
         if n > 0:
-            elements, counts = whole_counts(fractions, n, rule)
+            elements, counts = whole_counts(fractions, n, rule, slack)
             types += [z for z, c in zip(elements, counts, strict=True) for _ in range(c)]
     return torch.tensor(types, dtype=torch.long, device=probs.device)
