@@ -35,7 +35,8 @@ from tvcsp.data import get_dataset, load_split
 from tvcsp.diagnostics import failure_kinds
 from tvcsp.metrics import evaluate_crystals, evaluate_generation, reconstruction_metrics, write_metrics_json
 from tvcsp.metrics.property_model import energy_predictor
-from tvcsp.sampling import COMPOSITION_RULES, SamplerSettings
+from tvcsp.sampling import SamplerSettings
+from tvcsp.stoichiometry import COMPOSITION_RULES
 from tvcsp.tasks import generate, reconstruct, to_crystal_arrays
 
 

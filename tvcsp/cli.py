@@ -36,7 +36,8 @@ from pathlib import Path
 from .data import SPLITS, DatasetInfo, get_dataset, load_split, load_stats
 from .errors import UserInputError
 from .predict import RANKINGS, PredictSettings
-from .sampling import COMPOSITION_RULES, PRECISIONS, SAMPLER_PRESETS, UPDATES, SamplerSettings
+from .sampling import PRECISIONS, SAMPLER_PRESETS, UPDATES, SamplerSettings
+from .stoichiometry import COMPOSITION_RULES
 
 USAGE_ERROR = 2  # exit status of every user error (as argparse's)
 PREDICT_DEFAULTS = PredictSettings()

@@ -29,20 +29,19 @@ from tqdm.auto import tqdm
 
 from .errors import UserInputError
 from .geometry import lattice_params_to_matrix
+from .stoichiometry import COMPOSITION_RULES, check_composition_probs, integer_composition
 
 if TYPE_CHECKING:
     from .vae import CrystalVAE
 
-__all__ = ["CDVAE_SAMPLER", "COMPOSITION_RULES", "FAST_SAMPLER", "PRECISIONS", "SAMPLER_PRESETS", "UPDATES",
-           "CompositionKeeper", "SamplerSettings", "ScoreFn", "check_composition_probs", "checked_lattice",
-           "composition_sample", "decode",
+__all__ = ["CDVAE_SAMPLER", "FAST_SAMPLER", "PRECISIONS", "SAMPLER_PRESETS", "UPDATES",
+           "CompositionKeeper", "SamplerSettings", "ScoreFn", "checked_lattice", "composition_sample", "decode",
            "langevin", "make_generator", "sigma_ladder"]
 
 ScoreFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``(z (B, D), frac (N, 3), types (N,), num_atoms (B,), lattice (B, 3, 3)) → (score (N, 3), logits (N, T))``."""
 
 PRECISIONS = ("32", "bf16")
-COMPOSITION_RULES = ("sample", "nearest", "balanced")  # "sample": composition_sample; the others: tvcsp.stoichiometry
 UPDATES = ("langevin", "ancestral", "ddim")
 SAFE_CELL = 10.0  # Å, edge of the cubic stand-in cell for crystals whose predicted lattice is unusable
 MIN_RELATIVE_VOLUME = 1e-6  # V / (a·b·c) below this is treated as a singular lattice
@@ -155,17 +154,6 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     else:
         generator.manual_seed(seed)
     return generator
-
-
-def check_composition_probs(probs: torch.Tensor, num_atoms: torch.Tensor) -> None:
-    """Raise a ``ValueError`` naming the crystals with atoms whose element probabilities ``(B, T)`` are not
-    finite, non-negative and non-zero (their types cannot be chosen; ``num_atoms`` ``(B,)``). One device sync."""
-    bad = (num_atoms > 0) & ~(torch.isfinite(probs).all(-1) & (probs >= 0).all(-1) & (probs.sum(-1) > 0))
-    if bad.any():  # one sync, outside the sampler's step loop
-        rows = bad.nonzero().flatten().tolist()
-        raise ValueError(f"composition probabilities of {len(rows)} of {len(probs)} crystals are not finite, "
-                         f"non-negative and non-zero (rows {rows[:10]}{' …' if len(rows) > 10 else ''}): "
-                         "their latents or the composition head are not finite")
 
 
 def composition_sample(
@@ -463,8 +451,6 @@ def decode(
     if atom_types is None and sampler.composition_rule == "sample":
         init_types = composition_sample(composition.exp(), num_atoms, generator)
     elif atom_types is None:
-        from .stoichiometry import integer_composition  # imports the metrics library (SMACT), so only here
-
         init_types = integer_composition(composition.exp(), num_atoms, sampler.composition_rule)
     else:
         init_types = atom_types.to(device).long()

@@ -29,12 +29,10 @@ import math
 
 import torch
 
-from .metrics.validity import composition_validity
-from .sampling import COMPOSITION_RULES, check_composition_probs
+__all__ = ["BALANCE_SLACK", "COMPOSITION_RULES", "MAX_ELEMENTS", "MIN_EXPECTED", "WINDOW", "candidate_counts",
+           "check_composition_probs", "integer_composition", "whole_counts"]
 
-__all__ = ["BALANCE_SLACK", "MAX_ELEMENTS", "MIN_EXPECTED", "WINDOW", "candidate_counts", "integer_composition",
-           "whole_counts"]
-
+COMPOSITION_RULES = ("sample", "nearest", "balanced")  # "sample" is tvcsp.sampling.composition_sample
 BALANCE_SLACK = 0.2
 """L1 distance (in fractions) a balanced composition may lie beyond the nearest one, chosen on validation
 crystals: slacks 0 / 0.1 / 0.2 / 0.4 / 1.0 gave 36.5 / 38.2 / 39.0 / 38.7 / 38.3 % right compositions on
@@ -42,6 +40,17 @@ mp_20_reduced and 99.47 / 99.55 / 99.55 / 98.71 / 98.71 % on perov_5."""
 MIN_EXPECTED = 0.2  # atoms: elements the head expects fewer of are left out of the candidates
 MAX_ELEMENTS = 8
 WINDOW = 1.5  # atoms each side of p_k·N
+
+
+def check_composition_probs(probs: torch.Tensor, num_atoms: torch.Tensor) -> None:
+    """Raise a ``ValueError`` naming the crystals with atoms whose element probabilities ``(B, T)`` are not
+    finite, non-negative and non-zero (their types cannot be chosen; ``num_atoms`` ``(B,)``). One device sync."""
+    bad = (num_atoms > 0) & ~(torch.isfinite(probs).all(-1) & (probs >= 0).all(-1) & (probs.sum(-1) > 0))
+    if bad.any():  # one sync, outside the sampler's step loop
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(f"composition probabilities of {len(rows)} of {len(probs)} crystals are not finite, "
+                         f"non-negative and non-zero (rows {rows[:10]}{' …' if len(rows) > 10 else ''}): "
+                         "their latents or the composition head are not finite")
 
 
 def candidate_counts(fractions: list[float], n: int) -> list[tuple[float, tuple[int, ...], tuple[int, ...]]]:
@@ -77,6 +86,8 @@ def whole_counts(fractions: list[float], n: int, rule: str, slack: float = BALAN
     balanced candidate may lie ``slack`` farther than the nearest)."""
     candidates = candidate_counts(fractions, n)
     if rule == "balanced":
+        from .metrics.validity import composition_validity  # SMACT and the metrics library: only when asked for
+
         limit = candidates[0][0] + slack
         for distance, elements, counts in candidates:
             if distance > limit:
@@ -92,8 +103,8 @@ def integer_composition(probs: torch.Tensor, num_atoms: torch.Tensor, rule: str,
 
     Args:
         probs: ``(B, T)`` element fractions from the composition head (index = Z − 1); num_atoms: ``(B,)``.
-        rule: ``"nearest"`` or ``"balanced"`` of :data:`tvcsp.sampling.COMPOSITION_RULES` (``"sample"`` is
-            :func:`tvcsp.sampling.composition_sample`); slack: as in :func:`whole_counts`.
+        rule: ``"nearest"`` or ``"balanced"`` (``"sample"`` is :func:`tvcsp.sampling.composition_sample`); slack:
+            as in :func:`whole_counts`.
 
     Returns:
         ``(Σ N_b,)`` long atomic numbers on ``probs.device``, crystal by crystal, each crystal's in ascending Z
