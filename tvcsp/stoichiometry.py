@@ -77,7 +77,7 @@ def candidate_counts(fractions: list[float], n: int) -> list[tuple[float, tuple[
         kept = sorted((k + 1, c) for k, c in zip(elements, counts, strict=True) if c > 0)
         found.append((distance, tuple(z for z, _ in kept), tuple(c for _, c in kept)))
     found.sort(key=lambda item: item[0])
-    return found or [(float("nan"), (elements[0] + 1,), (n,))]
+    return found or [(2.0 * (1.0 - fractions[elements[0]]), (elements[0] + 1,), (n,))]
 
 
 def whole_counts(fractions: list[float], n: int, rule: str, slack: float = BALANCE_SLACK
