@@ -34,8 +34,7 @@ from tqdm.auto import tqdm
 from tvcsp.checkpoint import device_name, load_model, provenance
 from tvcsp.data import batch_ranges, load_split
 from tvcsp.metrics import any_of_n_metrics, evaluate_crystals, match_rms, split_crystal_arrays, to_jsonable
-from tvcsp.predict import PredictSettings, parse_target, predict_batch
-from tvcsp.prior import resolve_prior
+from tvcsp.predict import PREDICT_PRIORS, PredictSettings, parse_target, predict_batch, prior_used
 from tvcsp.sampling import SamplerSettings
 from tvcsp.tasks import batch_seed, model_fingerprint
 
@@ -73,7 +72,8 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=PredictSettings().pool)
     parser.add_argument("--latent-steps", type=int, default=PredictSettings().latent_steps)
     parser.add_argument("--ranking", default=PredictSettings().ranking)
-    parser.add_argument("--prior", choices=["learned", "normal"])
+    parser.add_argument("--prior", choices=PREDICT_PRIORS, help="default: the model's conditional prior, else its "
+                        "learned prior, else N(0, I)")
     parser.add_argument("--sampler", default="fast", choices=["fast", "cdvae"])
     parser.add_argument("--update", choices=["langevin", "ancestral", "ddim"], help="replaces the preset's update")
     parser.add_argument("--n-step-each", type=int, help="replaces the preset's steps per noise level")
@@ -144,7 +144,7 @@ def main() -> None:
         "seconds_this_call": time.perf_counter() - start,
     }
     labels = {"dataset": crystals.meta.get("dataset"), **run, "subset": f"first {len(crystals)} of {args.split}",
-              "prior": "learned" if resolve_prior(model, args.prior) is not None else "normal",
+              "prior": prior_used(model, args.prior),
               "checkpoint": args.model, "device": device_name("cpu"), "threads": args.threads,
               "workers": args.workers, "processes": 1, **provenance()}
     (args.out / "csp.json").write_text(json.dumps(to_jsonable({"labels": labels, "metrics": report}), indent=1))

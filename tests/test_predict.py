@@ -106,6 +106,7 @@ def test_write_predictions_is_rerunnable_and_refuses_other_settings(tiny, tmp_pa
         assert (out / "BaTiO3" / "rank_00.cif").read_text() == first
     saved = json.loads((out / "predictions.json").read_text())
     assert saved["settings"]["n"] == 2 and saved["settings"]["ranking"] == QUICK.ranking
+    assert saved["settings"]["prior_used"] == "normal"  # the tiny model has no learned prior
     with pytest.raises(ValueError, match="other settings"):
         write_predictions(tiny, ["BaTiO3"], out, 3, QUICK, seed=0, progress=False)
 
@@ -119,7 +120,44 @@ def test_cli_predict_writes_ranked_cifs_and_refuses_unknown_elements(tiny, tmp_p
     main(["predict", *args])
     saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert [e["rank"] for e in saved["formulas"]["BaTiO3"]] == [0, 1]
-    assert "BaTiO3: best" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "BaTiO3: best" in printed and "latents from N(0, I)" in printed
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", str(path), "UO2", "--out", str(tmp_path / "bad")])
     assert exit_info.value.code == 2 and "never saw U" in capsys.readouterr().err
+
+
+def test_a_conditional_prior_draws_for_each_target_composition(tiny):
+    import dataclasses
+
+    from tvcsp.predict import draw_latents, prior_used
+    from tvcsp.prior import FlowPriorConfig, composition_features, fit_prior
+
+    assert prior_used(tiny, None) == "normal"
+    counts = torch.zeros(2, tiny.fc_composition[-1].out_features)
+    counts[0, [10, 16]] = 2.0  # Na2Cl2
+    counts[1, 10] = 4.0  # Na4
+    num_atoms = torch.tensor([4, 4])
+    with pytest.raises(ValueError, match="no conditional prior"):
+        draw_latents(tiny, counts, num_atoms, "conditional", torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="prior must be one of"):
+        PredictSettings(prior="uniform")
+    # a prior that learned: Na2Cl2 → latents near +2, Na4 → near −2
+    features = composition_features(counts, num_atoms, tiny.config.max_atoms)
+    dim = tiny.config.latent_dim
+    mu = torch.cat([torch.full((100, dim), 2.0), torch.full((100, dim), -2.0)])
+    config = FlowPriorConfig(hidden=64, num_blocks=2, steps=800, batch_size=128, lr=3e-3, sample_steps=8,
+                             condition_dim=features.shape[1], condition_hidden=16)
+    prior = fit_prior(mu, torch.full_like(mu, -6.0), config, progress=False,
+                      conditions=features.repeat_interleave(100, 0))
+    tiny.attach_prior(prior)
+    try:
+        assert tiny.conditional_prior is prior and tiny.latent_prior is None and prior_used(tiny, None) == "conditional"
+        z = draw_latents(tiny, counts.repeat(50, 1), num_atoms.repeat(50), None, torch.Generator().manual_seed(1))
+        assert float(z[0::2].mean()) > 1.0 > -1.0 > float(z[1::2].mean())
+        normal = draw_latents(tiny, counts, num_atoms, "normal", torch.Generator().manual_seed(1))
+        assert torch.equal(normal, torch.randn(2, dim, generator=torch.Generator().manual_seed(1)))
+        out = predict_batch(tiny, [parse_target("Na2Cl2", tiny)], 2, dataclasses.replace(QUICK, prior="conditional"))
+        assert Counter(out["atom_types"].tolist()) == {11: 4, 17: 4}
+    finally:
+        tiny.__dict__.pop("conditional_prior")

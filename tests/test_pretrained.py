@@ -23,7 +23,12 @@ def test_load_pretrained_by_name(tmp_path, monkeypatch):
     folder.mkdir()
     save_model(folder / "toy_model.pt", model, "toy")
     monkeypatch.setenv("TVCSP_MODELS_DIR", str(folder))
-    assert "toy_model" in available_pretrained()
+    for prior in ("toy_model.prior.pt", "toy_model.conditional_prior.pt"):  # priors beside it are not models
+        (folder / prior).write_bytes(b"")
+    names = available_pretrained()
+    assert "toy_model" in names and not [n for n in names if n.endswith("prior")]
+    for prior in ("toy_model.prior.pt", "toy_model.conditional_prior.pt"):
+        (folder / prior).unlink()
     assert pretrained_path("toy_model") == folder / "toy_model.pt"
     assert default_checkpoint("toy_model", tmp_path / "quick.pt") == folder / "toy_model.pt"
     assert default_checkpoint("toy_other", tmp_path / "quick.pt") == tmp_path / "quick.pt"

@@ -11,6 +11,7 @@ from tvcsp.prior import (
     FlowPriorConfig,
     LatentPrior,
     aggregate_posterior,
+    crystal_composition_features,
     fit_prior,
     load_prior,
     prior_path,
@@ -169,3 +170,58 @@ def test_smoothing_widens_samples_by_the_kernel_and_is_labelled(fitted, tiny, tm
     assert run["meta"]["settings"]["prior_smoothing"] == 0.2
     run = generate(model, 2, tmp_path / "p", batch_size=2, prior=prior, **FAST)
     assert "prior_smoothing" not in run["meta"]["settings"]
+
+
+def test_composition_features_of_crystals_by_hand():
+    # SrTiO... cell of 4 atoms (O, O, Ti, Sr) and an H2 cell, in the atom order a CrystalTensors holds
+    features = crystal_composition_features(torch.tensor([8, 8, 22, 38, 1, 1]), torch.tensor([4, 2]), 100, 20)
+    assert features.shape == (2, 101)
+    expected = torch.zeros(2, 101)
+    expected[0, [7, 21, 37, 100]] = torch.tensor([0.5, 0.25, 0.25, 4 / 20])
+    expected[1, [0, 100]] = torch.tensor([1.0, 2 / 20])
+    assert torch.equal(features, expected)
+
+
+@pytest.fixture(scope="module")
+def conditional():
+    """Two clusters of latents told apart by their condition: (1, 0) for μ₀ = +3, (0, 1) for μ₀ = −3."""
+    mu, logvar = two_clusters()
+    first = (torch.arange(len(mu)) < len(mu) // 2).float()
+    conditions = torch.stack([first, 1 - first], dim=1)
+    config = dataclasses.replace(SMALL, condition_dim=2, condition_hidden=16)
+    return fit_prior(mu, logvar, config, model_fingerprint="abc", progress=False, conditions=conditions)
+
+
+def test_conditional_prior_draws_the_cluster_of_its_condition(conditional, fitted, tmp_path):
+    assert conditional.conditional and not fitted.conditional
+    for condition, sign in (([1.0, 0.0], 1.0), ([0.0, 1.0], -1.0)):
+        z = conditional.sample(500, generator=torch.Generator().manual_seed(0),
+                               condition=torch.tensor([condition]).expand(500, 2))
+        assert float(((z[:, 0] - 3 * sign).abs() < 0.5).float().mean()) > 0.9  # unconditioned: half of them
+    with pytest.raises(ValueError, match="needs a condition of shape"):
+        conditional.sample(5)
+    with pytest.raises(ValueError, match="unconditional"):
+        fitted.sample(5, condition=torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="exactly when"):
+        fit_prior(*two_clusters(), SMALL, progress=False, conditions=torch.zeros(400, 2))
+    loaded = load_prior(conditional.save(tmp_path / "c.pt"))
+    condition = torch.tensor([[1.0, 0.0]]).expand(20, 2)
+    assert loaded.config.condition_dim == 2
+    assert torch.equal(loaded.sample(20, torch.Generator().manual_seed(1), condition=condition),
+                       conditional.sample(20, torch.Generator().manual_seed(1), condition=condition))
+
+
+def test_a_conditional_prior_beside_the_model_is_for_prediction_not_generation(tiny, tmp_path):
+    model, _ = tiny
+    dim, types = model.config.latent_dim, model.fc_composition[-1].out_features
+    config = dataclasses.replace(SMALL, steps=50, condition_dim=types + 1, condition_hidden=8)
+    prior = fit_prior(torch.zeros(8, dim), torch.zeros(8, dim), config, model_fingerprint=model_fingerprint(model),
+                      progress=False, conditions=torch.rand(8, types + 1))
+    path = save_model(tmp_path / "m.pt", model, "toy")
+    prior.save(prior_path(path, conditional=True))
+    assert prior_path(path, conditional=True).name == "m.conditional_prior.pt"
+    loaded = load_model(path)
+    assert loaded.latent_prior is None and isinstance(loaded.conditional_prior, LatentPrior)
+    assert resolve_prior(loaded) is None  # generation keeps N(0, I) here
+    with pytest.raises(ValueError, match="not for generation"):
+        resolve_prior(loaded, prior)

@@ -171,15 +171,17 @@ def load_model(
 
 
 def _attach_prior_beside(model: CrystalVAE, path: Path, map_location) -> None:
-    """Attach the learned prior stored beside the model file (``<stem>.prior.pt``), if any and if it was fitted
-    on these weights; a prior of other weights is skipped with a warning."""
-    found = prior_path(path)
-    if not found.is_file():
-        return
-    try:
-        model.attach_prior(load_prior(found, map_location, model_fingerprint=model_fingerprint(model)))
-    except ValueError as err:
-        warnings.warn(f"learned prior not used: {err}", stacklevel=3)
+    """Attach the learned priors stored beside the model file (``<stem>.prior.pt``, and the composition-conditioned
+    ``<stem>.conditional_prior.pt``), those present and fitted on these weights; a prior of other weights is skipped
+    with a warning."""
+    for conditional in (False, True):
+        found = prior_path(path, conditional)
+        if not found.is_file():
+            continue
+        try:
+            model.attach_prior(load_prior(found, map_location, model_fingerprint=model_fingerprint(model)))
+        except ValueError as err:
+            warnings.warn(f"learned prior not used: {err}", stacklevel=3)
 
 
 def load_state(model: torch.nn.Module, state_dict: dict, origin: str) -> None:

@@ -35,12 +35,14 @@ from pathlib import Path
 
 from .data import SPLITS, DatasetInfo, get_dataset, load_split, load_stats
 from .errors import UserInputError
-from .predict import RANKINGS, PredictSettings
+from .predict import PREDICT_PRIORS, RANKINGS, PredictSettings
 from .sampling import PRECISIONS, SAMPLER_PRESETS, UPDATES, SamplerSettings
 from .stoichiometry import COMPOSITION_RULES
 
 USAGE_ERROR = 2  # exit status of every user error (as argparse's)
 PREDICT_DEFAULTS = PredictSettings()
+PRIOR_WORDS = {"conditional": "the model's conditional prior q(z | composition)",
+               "learned": "the model's learned prior q(z)", "normal": "N(0, I)"}
 SAMPLER_OPTIONS = ("n_step_each", "step_lr", "min_sigma", "num_levels", "update", "keep_composition",
                    "composition_prior", "composition_rule", "precision")  # SamplerSettings fields with an option
 
@@ -220,6 +222,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _models(args: argparse.Namespace) -> None:
     from .pretrained import available_pretrained, pretrained_path
+    from .prior import prior_path
 
     names = available_pretrained()
     if not names:
@@ -227,7 +230,8 @@ def _models(args: argparse.Namespace) -> None:
     for name in names:
         path = pretrained_path(name)
         line = f"{name}: {path} ({path.stat().st_size / 2**20:.1f} MB"
-        line += ", learned prior" if path.with_suffix(".prior.pt").is_file() else ""
+        line += ", learned prior" if prior_path(path).is_file() else ""
+        line += ", conditional prior" if prior_path(path, conditional=True).is_file() else ""
         line += ")"
         evaluation = path.with_name(f"{name}_evaluation.json")
         if evaluation.is_file():
@@ -290,7 +294,8 @@ def _predict(args: argparse.Namespace) -> None:
     for formula, entries in record["formulas"].items():
         best = entries[0]
         print(f"{formula}: best {best['file']} (score {best['score']:.3f}, {best['space_group']})")
-    print(f"{len(record['formulas'])} formulas in {Path(args.out) / 'predictions.json'}")
+    print(f"{len(record['formulas'])} formulas in {Path(args.out) / 'predictions.json'}; latents from "
+          f"{PRIOR_WORDS[record['settings']['prior_used']]}")
 
 
 def _fit_prior(args: argparse.Namespace) -> None:
@@ -298,20 +303,25 @@ def _fit_prior(args: argparse.Namespace) -> None:
 
     from .checkpoint import load_model, model_fingerprint
     from .latent import encode_posterior
-    from .prior import FlowPriorConfig, fit_prior, prior_path
+    from .prior import FlowPriorConfig, crystal_composition_features, fit_prior, prior_path
 
     label = _checkpoint(args.checkpoint).get("dataset")
     info = _dataset(label, f"{args.checkpoint}: the checkpoint")
-    config = FlowPriorConfig(steps=args.steps, seed=args.seed)
     crystals = load_split(info, args.split, data_dir=args.data_dir)
     model = load_model(args.checkpoint, map_location=_device(args.device)).eval()
+    num_types = model.fc_composition[-1].out_features
+    config = FlowPriorConfig(steps=args.steps, seed=args.seed, condition_dim=num_types + 1 if args.conditional else 0)
+    conditions = crystal_composition_features(crystals.atom_types, crystals.num_atoms, num_types,
+                                              model.config.max_atoms) if args.conditional else None
     with torch.no_grad():
         mu, logvar = encode_posterior(model, crystals)
-    prior = fit_prior(mu, logvar, config, model_fingerprint=model_fingerprint(model), progress=not args.no_progress)
+    prior = fit_prior(mu, logvar, config, model_fingerprint=model_fingerprint(model), progress=not args.no_progress,
+                      conditions=conditions)
     prior.fit_summary.update({"dataset": info.label, "split": args.split})
-    path = prior.save(args.out or prior_path(args.checkpoint))
+    path = prior.save(args.out or prior_path(args.checkpoint, args.conditional))
     summary = prior.fit_summary
-    print(f"learned prior on {len(crystals)} {info.label} {args.split} latents: final loss "
+    kind = "conditional prior q(z | composition)" if args.conditional else "learned prior"
+    print(f"{kind} on {len(crystals)} {info.label} {args.split} latents: final loss "
           f"{summary['final_loss']:.4f} after {config.steps} steps ({summary['seconds']} s) → {path}")
 
 
@@ -492,8 +502,9 @@ def main(argv: list[str] | None = None) -> None:
                       help=f"gradient steps on the latents towards the composition ({PREDICT_DEFAULTS.latent_steps})")
     pred.add_argument("--ranking", choices=RANKINGS, default=PREDICT_DEFAULTS.ranking,
                       help=f"how candidates are ranked ({PREDICT_DEFAULTS.ranking}; docs/sampling.md)")
-    pred.add_argument("--prior", choices=["learned", "normal"],
-                      help="where latents come from (default: the model's learned prior when it has one)")
+    pred.add_argument("--prior", choices=PREDICT_PRIORS,
+                      help="where latents come from (default: the model's composition-conditioned prior when it has "
+                           "one, else its learned prior, else N(0, I))")
     _add_sampler_settings(pred, "fast")
     pred.set_defaults(run=_predict)
 
@@ -502,7 +513,10 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--split", choices=SPLITS, default="train", help="crystals whose latents it learns (train)")
     fit.add_argument("--steps", type=_positive, default=60_000, help="optimiser steps (60000)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--out", help="prior file (default: <stem>.prior.pt beside the model)")
+    fit.add_argument("--conditional", action="store_true",
+                     help="learn q(z | composition) for structure prediction (<stem>.conditional_prior.pt)")
+    fit.add_argument("--out", help="prior file (default: <stem>.prior.pt or <stem>.conditional_prior.pt beside the "
+                                   "model)")
     fit.add_argument("--data-dir", help="folder holding <dataset>/<split>.csv[.gz] (searched first)")
     fit.add_argument("--device", help="device that encodes the split (default: cuda when available)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")

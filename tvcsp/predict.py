@@ -4,7 +4,8 @@ Given a composition — ``"SrTiO3"``, a pymatgen ``Composition`` or ``"Sr2Ti2O6"
 model proposes ranked crystals with exactly those atoms:
 
 1. **latent search** (:func:`search_latents`): draw ``pool`` latents per wanted candidate from the model's prior
-   (the learned one when the model has it, else N(0, I)), keep the ``n`` that the heads find most likely to
+   (its composition-conditioned prior q(z | composition) when it has one, else its learned prior q(z), else
+   N(0, I); :data:`PREDICT_PRIORS`), keep the ``n`` that the heads find most likely to
    hold the composition, log p(N | z) + Σᵢ log p(Zᵢ | z) (:func:`composition_log_likelihood`, the heads' own
    training losses), then move them ``latent_steps`` gradient steps up that log-likelihood, held near their
    start by a quadratic tether;
@@ -32,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import UserInputError
-from .prior import resolve_prior, sample_latents
+from .prior import composition_features, resolve_prior, sample_latents
 from .reencode import encode_decoded, select_crystals
 from .sampling import FAST_SAMPLER, SamplerSettings, decode, make_generator
 
@@ -41,10 +42,14 @@ if TYPE_CHECKING:
 
     from .vae import CrystalVAE
 
-__all__ = ["RANKINGS", "CompositionTarget", "Prediction", "PredictSettings", "composition_log_likelihood",
-           "parse_target", "predict_batch", "predict_structures", "rank_scores", "search_latents", "write_predictions"]
+__all__ = ["PREDICT_PRIORS", "RANKINGS", "CompositionTarget", "Prediction", "PredictSettings",
+           "composition_log_likelihood", "draw_latents", "parse_target", "predict_batch", "predict_structures",
+           "prior_used", "rank_scores", "search_latents", "write_predictions"]
 
 RANKINGS = ("latent", "reencode")
+PREDICT_PRIORS = ("conditional", "learned", "normal")
+"""Where candidate latents come from: ``"conditional"`` (the model's prior of q(z | composition), drawn for the
+target composition), ``"learned"`` (its prior of q(z)) or ``"normal"`` (N(0, I))."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,8 @@ class PredictSettings:
         latent_lr: their step size, in latent units.
         tether: weight of ½‖z − z₀‖², which keeps each latent near the prior draw it started from.
         refine: rounds of re-encoding: the decoded crystal is encoded (posterior mean) and decoded again.
-        prior: ``"learned"``, ``"normal"`` (N(0, I)) or ``None`` (the model's learned prior when it has one).
+        prior: one of :data:`PREDICT_PRIORS`, or ``None``: the model's conditional prior when it has one, else its
+            learned prior when it has one, else N(0, I).
         ranking: one of :data:`RANKINGS`.
         sampler: the :class:`~tvcsp.sampling.SamplerSettings` of the decoding (default the fast sampler).
     """
@@ -76,6 +82,8 @@ class PredictSettings:
             raise UserInputError(f"pool must be ≥ 1 and latent_steps ≥ 0, got {self.pool}, {self.latent_steps}")
         if self.latent_lr <= 0 or self.tether < 0:
             raise UserInputError(f"latent_lr must be > 0 and tether ≥ 0, got {self.latent_lr}, {self.tether}")
+        if self.prior is not None and self.prior not in PREDICT_PRIORS:
+            raise UserInputError(f"prior must be one of {PREDICT_PRIORS} or None, got {self.prior!r}")
         if self.ranking not in RANKINGS:
             raise UserInputError(f"ranking must be one of {RANKINGS}, got {self.ranking!r}")
 
@@ -176,16 +184,45 @@ def _counts(targets: list[CompositionTarget], num_types: int, device) -> torch.T
     return counts
 
 
+def prior_used(model: CrystalVAE, prior: str | None) -> str:
+    """The name (one of :data:`PREDICT_PRIORS`) of the prior :func:`draw_latents` draws from for ``prior``."""
+    if prior is None:
+        if getattr(model, "conditional_prior", None) is not None:
+            return "conditional"
+        return "learned" if getattr(model, "latent_prior", None) is not None else "normal"
+    return prior
+
+
+def draw_latents(model: CrystalVAE, counts: torch.Tensor, num_atoms: torch.Tensor, prior: str | None,
+                 generator: torch.Generator) -> torch.Tensor:
+    """One latent ``(B, D)`` per row of ``counts`` ``(B, T)`` / ``num_atoms`` ``(B,)``, from the prior named by
+    ``prior`` (see :attr:`PredictSettings.prior`): the conditional prior draws for each row's composition, the
+    others ignore it.
+
+    Raises:
+        UserInputError: ``"conditional"`` for a model without a conditional prior.
+    """
+    conditional = getattr(model, "conditional_prior", None)
+    if prior == "conditional" and conditional is None:
+        raise UserInputError("prior='conditional' but this model has no conditional prior (fit one with "
+                             "'tvcsp fit-prior MODEL --conditional', or use prior='learned')")
+    if conditional is not None and prior in (None, "conditional"):
+        features = composition_features(counts, num_atoms, model.config.max_atoms)
+        return conditional.to(counts.device).sample(len(counts), generator=generator, condition=features)
+    return sample_latents(model, len(counts), resolve_prior(model, prior), generator, counts.device)
+
+
 def search_latents(model: CrystalVAE, counts: torch.Tensor, num_atoms: torch.Tensor, n: int,
                    settings: PredictSettings, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` latents per composition, ``(C·n, D)`` (composition-major), and their log-likelihoods ``(C·n,)``.
 
-    Per composition, ``n · pool`` latents come from the prior; the ``n`` most likely are kept and, with
-    ``latent_steps``, refined by Adam on −log-likelihood + tether·½‖z − z₀‖².
+    Per composition, ``n · pool`` latents come from the prior (:func:`draw_latents`); the ``n`` most likely are
+    kept and, with ``latent_steps``, refined by Adam on −log-likelihood + tether·½‖z − z₀‖².
     """
     c, pool = counts.shape[0], n * settings.pool
     device = counts.device
-    drawn = sample_latents(model, c * pool, resolve_prior(model, settings.prior), generator, device)
+    drawn = draw_latents(model, counts.repeat_interleave(pool, 0), num_atoms.repeat_interleave(pool),
+                         settings.prior, generator)
     with torch.no_grad():
         scores = composition_log_likelihood(model, drawn, counts.repeat_interleave(pool, 0),
                                             num_atoms.repeat_interleave(pool))
@@ -310,7 +347,8 @@ def write_predictions(model: CrystalVAE, targets: list[str | Composition], out_d
 
     parsed = [parse_target(t, model) for t in targets]
     out = Path(out_dir)
-    run = {"n": n, "seed": seed, **settings.to_dict(), "model": model_fingerprint(model)}
+    run = {"n": n, "seed": seed, **settings.to_dict(), "prior_used": prior_used(model, settings.prior),
+           "model": model_fingerprint(model)}
     path = out / PREDICTIONS_FILE
     record = json.loads(path.read_text()) if path.is_file() else {"settings": run, **(labels or {}),
                                                                    "provenance": [], "formulas": {}}

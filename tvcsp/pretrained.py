@@ -38,9 +38,10 @@ def _folders() -> list[Path]:
 
 
 def available_pretrained() -> list[str]:
-    """Names of the shipped models found (``*.pt`` in the searched folders, not the ``*.prior.pt`` priors)."""
+    """Names of the shipped models found (``*.pt`` in the searched folders, not the ``*.prior.pt`` and
+    ``*.conditional_prior.pt`` priors beside them)."""
     return sorted({p.stem for folder in _folders() if folder.is_dir() for p in folder.glob("*.pt")
-                   if not p.name.endswith(".prior.pt")})
+                   if not p.name.endswith((".prior.pt", ".conditional_prior.pt"))})
 
 
 def pretrained_path(name: str = "perov_5") -> Path:
@@ -61,7 +62,8 @@ def pretrained_path(name: str = "perov_5") -> Path:
 
 def load_pretrained(name: str = "perov_5", map_location: str | torch.device = "cpu"):
     """The shipped :class:`~tvcsp.vae.CrystalVAE` ``name`` in eval mode, e.g. ``load_pretrained("perov_5")``, with
-    its learned latent prior (``<name>.prior.pt`` beside the model) attached when there is one.
+    its learned latent priors (``<name>.prior.pt``, ``<name>.conditional_prior.pt`` beside the model) attached when
+    present.
 
     Its model card is ``<name>.md`` beside the model (``pretrained_path(name).with_suffix(".md")``; in the
     repository ``models/<name>.md``): data, recipe, compute, metrics and limitations.

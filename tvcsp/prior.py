@@ -11,6 +11,11 @@ Flow matching rather than a Gaussian mixture (measured on the shipped perov_5 mo
 reaches COV-R 53-55 %, a flow 84 % after 4 CPU-minutes) and rather than a diffusion model (same network, but a
 deterministic sampler with few calls and no noise schedule to tune). The network is small (a few hundred
 thousand weights) and trains in minutes on a CPU.
+
+A **conditional** prior (``FlowPriorConfig.condition_dim`` > 0) learns q(z | composition) instead: the velocity
+network also reads the crystal's composition (:func:`composition_features`), so structure prediction can draw
+latents of crystals with a given composition rather than latents of any crystal (docs/sampling.md#structure-prediction).
+It lives in its own file beside the model (:func:`prior_path` with ``conditional=True``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from ._version import __version__
 from .errors import UserInputError
 
 __all__ = ["PRIOR_FORMAT", "PRIORS", "FlowPriorConfig", "LatentPrior", "VelocityField", "aggregate_posterior",
-           "fit_prior", "load_prior", "prior_path", "resolve_prior", "sample_latents"]
+           "composition_features", "crystal_composition_features", "fit_prior", "load_prior", "prior_path",
+           "resolve_prior", "sample_latents"]
 
 PRIOR_FORMAT = "tvcsp-latent-prior-1"
 PRIORS = ("learned", "normal")
@@ -56,6 +62,9 @@ class FlowPriorConfig:
             latents into the space between them (more novel crystals, fewer valid ones). 0: the flow as fitted.
             A sampling setting, chosen after the fit on validation crystals (:meth:`LatentPrior.smoothed`).
         seed: seeds the fit.
+        condition_dim: size of the condition vector the velocity network reads (0: an unconditional prior of
+            q(z); ``num_types + 1`` for a prior of q(z | composition), see :func:`composition_features`).
+        condition_hidden: width of the condition's embedding (an MLP), added to each block with the time's.
     """
 
     hidden: int = 256
@@ -68,13 +77,17 @@ class FlowPriorConfig:
     sample_steps: int = 25
     smoothing: float = 0.0
     seed: int = 0
+    condition_dim: int = 0
+    condition_hidden: int = 128
 
     def __post_init__(self):
-        for name in ("hidden", "num_blocks", "time_dim", "steps", "batch_size", "sample_steps"):
+        for name in ("hidden", "num_blocks", "time_dim", "steps", "batch_size", "sample_steps", "condition_hidden"):
             if getattr(self, name) < 1:
                 raise UserInputError(f"FlowPriorConfig.{name} must be positive, got {getattr(self, name)}")
         if self.time_dim % 2:
             raise UserInputError(f"FlowPriorConfig.time_dim must be even, got {self.time_dim}")
+        if self.condition_dim < 0:
+            raise UserInputError(f"FlowPriorConfig.condition_dim must be ≥ 0, got {self.condition_dim}")
         if not self.smoothing >= 0:
             raise UserInputError(f"FlowPriorConfig.smoothing must be ≥ 0, got {self.smoothing}")
 
@@ -102,8 +115,26 @@ def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def composition_features(counts: torch.Tensor, num_atoms: torch.Tensor, max_atoms: int) -> torch.Tensor:
+    """The condition of a conditional prior: ``(B, T)`` atoms per element (column ``Z − 1``) and ``(B,)`` atom
+    counts → ``(B, T + 1)``, the element fractions and N / ``max_atoms``."""
+    n = num_atoms.to(counts.dtype).unsqueeze(-1)
+    return torch.cat([counts / n, n / max_atoms], dim=-1)
+
+
+def crystal_composition_features(atom_types: torch.Tensor, num_atoms: torch.Tensor, num_types: int,
+                                 max_atoms: int) -> torch.Tensor:
+    """:func:`composition_features` of crystals given atom by atom: ``(N,)`` Z of all atoms, crystal after
+    crystal, and ``(B,)`` atoms per crystal → ``(B, num_types + 1)``."""
+    crystal = torch.repeat_interleave(torch.arange(num_atoms.numel()), num_atoms.long())
+    counts = torch.zeros(num_atoms.numel(), num_types)
+    counts.index_put_((crystal, atom_types.long() - 1), torch.ones(atom_types.numel()), accumulate=True)
+    return composition_features(counts, num_atoms, max_atoms)
+
+
 class _Block(nn.Module):
-    """x + Linear(SiLU(Linear(LayerNorm(x)) + time)), the time embedding mapped to the hidden width."""
+    """x + Linear(SiLU(Linear(LayerNorm(x)) + time)), the time embedding (and the condition's, when there is one)
+    mapped to the hidden width."""
 
     def __init__(self, hidden: int, time_dim: int):
         super().__init__()
@@ -117,17 +148,25 @@ class _Block(nn.Module):
 
 
 class VelocityField(nn.Module):
-    """v(x_t, t): ``(B, D)`` standardised latents and ``(B,)`` times → ``(B, D)`` velocities."""
+    """v(x_t, t[, c]): ``(B, D)`` standardised latents, ``(B,)`` times and, for a conditional field,
+    ``(B, condition_dim)`` conditions → ``(B, D)`` velocities."""
 
     def __init__(self, latent_dim: int, config: FlowPriorConfig):
         super().__init__()
         self.time_dim = config.time_dim
         self.embed = nn.Linear(latent_dim, config.hidden)
-        self.blocks = nn.ModuleList(_Block(config.hidden, config.time_dim) for _ in range(config.num_blocks))
+        embedding = config.time_dim
+        if config.condition_dim:
+            self.condition = nn.Sequential(nn.Linear(config.condition_dim, config.condition_hidden), nn.SiLU(),
+                                           nn.Linear(config.condition_hidden, config.condition_hidden))
+            embedding += config.condition_hidden
+        self.blocks = nn.ModuleList(_Block(config.hidden, embedding) for _ in range(config.num_blocks))
         self.out = nn.Sequential(nn.LayerNorm(config.hidden), nn.Linear(config.hidden, latent_dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         temb = time_embedding(t, self.time_dim)
+        if hasattr(self, "condition"):
+            temb = torch.cat([temb, self.condition(condition)], dim=-1)
         h = self.embed(x)
         for block in self.blocks:
             h = block(h, temb)
@@ -163,20 +202,40 @@ class LatentPrior(nn.Module):
         """Velocity-network evaluations per sample (see :attr:`FlowPriorConfig.network_calls`)."""
         return self.config.network_calls
 
+    @property
+    def conditional(self) -> bool:
+        """Whether this prior learns q(z | condition) (it then needs a condition per latent)."""
+        return self.config.condition_dim > 0
+
+    def _condition(self, condition: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """``condition`` checked against this prior: ``(n, condition_dim)`` for a conditional prior, else none."""
+        if not self.conditional:
+            if condition is not None:
+                raise UserInputError("this latent prior is unconditional; it takes no condition")
+            return None
+        if condition is None or tuple(condition.shape) != (n, self.config.condition_dim):
+            shape = None if condition is None else tuple(condition.shape)
+            raise UserInputError(f"this conditional prior needs a condition of shape ({n}, "
+                                 f"{self.config.condition_dim}), got {shape}")
+        return condition.to(self.loc.device, self.loc.dtype)
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, steps: int | None = None,
+               condition: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` latents ``(n, D)`` on the prior's device: Heun's method from ε ~ N(0, I) (drawn with
         ``generator``) over ``steps`` (default ``config.sample_steps``) equal steps of t, deterministic given ε;
-        then, with ``config.smoothing`` s > 0, plus s·ε' (ε' ~ N(0, I), drawn after ε) in standardised units."""
+        then, with ``config.smoothing`` s > 0, plus s·ε' (ε' ~ N(0, I), drawn after ε) in standardised units.
+        A conditional prior needs ``condition`` ``(n, condition_dim)``, one row per latent."""
         steps = steps or self.config.sample_steps
         device = self.loc.device
+        condition = self._condition(condition, n)
         x = torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=self.loc.dtype)
         ts = torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=x.dtype)
         for t0, t1 in zip(ts[:-1], ts[1:], strict=True):
-            v0 = self.velocity(x, t0.expand(n))
+            v0 = self.velocity(x, t0.expand(n), condition)
             guess = x + (t1 - t0) * v0
             if t1 < 1.0:  # Heun's corrector; the last step stays Euler (no evaluation at t = 1 needed)
-                guess = x + 0.5 * (t1 - t0) * (v0 + self.velocity(guess, t1.expand(n)))
+                guess = x + 0.5 * (t1 - t0) * (v0 + self.velocity(guess, t1.expand(n), condition))
             x = guess
         if self.config.smoothing > 0:
             x = x + self.config.smoothing * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
@@ -190,14 +249,17 @@ class LatentPrior(nn.Module):
         prior.fit_summary = dict(self.fit_summary)
         return prior.train(self.training)
 
-    def flow_matching_loss(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def flow_matching_loss(self, z: torch.Tensor, generator: torch.Generator | None = None,
+                           condition: torch.Tensor | None = None) -> torch.Tensor:
         """Conditional flow-matching loss of a batch of latents ``(B, D)``: mean over the batch of
-        ‖v(x_t, t) − (x − ε)‖² / D, x the standardised latent, t ~ U(0, 1), ε ~ N(0, I)."""
+        ‖v(x_t, t[, c]) − (x − ε)‖² / D, x the standardised latent, t ~ U(0, 1), ε ~ N(0, I); ``condition``
+        ``(B, condition_dim)`` for a conditional prior."""
+        condition = self._condition(condition, z.shape[0])
         x = (z - self.loc) / self.scale
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         t = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
         x_t = (1 - t).unsqueeze(-1) * noise + t.unsqueeze(-1) * x
-        return (self.velocity(x_t, t) - (x - noise)).pow(2).mean()
+        return (self.velocity(x_t, t, condition) - (x - noise)).pow(2).mean()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the prior weights-only (config, weights, fingerprint of its VAE, fit summary, version); atomic."""
@@ -213,26 +275,33 @@ class LatentPrior(nn.Module):
 
 
 def aggregate_posterior(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
-                        batch_size: int = 512) -> Iterator[torch.Tensor]:
+                        batch_size: int = 512, with_rows: bool = False) -> Iterator[torch.Tensor]:
     """Endless batches ``(batch_size, D)`` of z ~ q(z) = mean over crystals of N(μ_i, σ_i²): a random crystal
-    per row (with replacement), then z = μ + σ·ε. ``mu``, ``logvar``: ``(N, D)`` encodings of the training set."""
+    per row (with replacement), then z = μ + σ·ε. ``mu``, ``logvar``: ``(N, D)`` encodings of the training set.
+    ``with_rows``: yield ``(z, rows)``, the crystal index of each row too."""
     std = torch.exp(0.5 * logvar)
     while True:
         rows = torch.randint(0, mu.shape[0], (batch_size,), generator=generator, device=mu.device)
         noise = torch.randn(batch_size, mu.shape[1], generator=generator, device=mu.device, dtype=mu.dtype)
-        yield mu[rows] + std[rows] * noise
+        z = mu[rows] + std[rows] * noise
+        yield (z, rows) if with_rows else z
 
 
 def fit_prior(mu: torch.Tensor, logvar: torch.Tensor, config: FlowPriorConfig = FlowPriorConfig(),
-              model_fingerprint: str = "", progress: bool = True) -> LatentPrior:
+              model_fingerprint: str = "", progress: bool = True,
+              conditions: torch.Tensor | None = None) -> LatentPrior:
     """Fit a :class:`LatentPrior` to the aggregate posterior of encodings ``mu``, ``logvar`` ``(N, D)``
-    (e.g. :func:`tvcsp.latent.encode_split` of the training split with ``sample=False``).
+    (e.g. :func:`tvcsp.latent.encode_split` of the training split with ``sample=False``); with
+    ``config.condition_dim`` > 0, to q(z | c) with ``conditions`` ``(N, condition_dim)``, one per crystal.
 
     AdamW with a cosine learning rate over ``config.steps``; every step draws fresh latents, times and noise
     from a generator seeded by ``config.seed``, so a fit is reproducible on one machine. The prior's
     ``fit_summary`` records the final loss (mean of the last 500 steps), the number of crystals and the time.
     """
     mu, logvar = mu.detach().float().cpu(), logvar.detach().float().cpu()
+    if (conditions is not None) != (config.condition_dim > 0):
+        raise UserInputError("conditions are needed exactly when FlowPriorConfig.condition_dim > 0")
+    conditions = None if conditions is None else conditions.detach().float().cpu()
     generator = torch.Generator().manual_seed(config.seed)
     prior = LatentPrior(mu.shape[1], config, model_fingerprint)
     with torch.no_grad():  # the aggregate posterior's moments: Var z = Var μ + E σ²
@@ -240,10 +309,11 @@ def fit_prior(mu: torch.Tensor, logvar: torch.Tensor, config: FlowPriorConfig = 
         prior.scale.copy_((mu.var(0) + logvar.exp().mean(0)).sqrt().clamp_min(1e-6))
     optimiser = torch.optim.AdamW(prior.velocity.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps, eta_min=config.lr / 100)
-    batches = aggregate_posterior(mu, logvar, generator, config.batch_size)
+    batches = aggregate_posterior(mu, logvar, generator, config.batch_size, with_rows=True)
     losses, start = [], time.perf_counter()
     for _ in tqdm(range(config.steps), desc="fit latent prior", disable=not progress, mininterval=2.0):
-        loss = prior.flow_matching_loss(next(batches), generator)
+        z, rows = next(batches)
+        loss = prior.flow_matching_loss(z, generator, None if conditions is None else conditions[rows])
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -255,10 +325,11 @@ def fit_prior(mu: torch.Tensor, logvar: torch.Tensor, config: FlowPriorConfig = 
     return prior.eval()
 
 
-def prior_path(model_path: str | os.PathLike) -> Path:
-    """Where the prior of the model file ``model_path`` lives: ``<stem>.prior.pt`` beside it."""
+def prior_path(model_path: str | os.PathLike, conditional: bool = False) -> Path:
+    """Where the prior of the model file ``model_path`` lives: ``<stem>.prior.pt`` beside it, or
+    ``<stem>.conditional_prior.pt`` for its composition-conditioned prior."""
     model_path = Path(model_path)
-    return model_path.with_name(model_path.stem + ".prior.pt")
+    return model_path.with_name(model_path.stem + (".conditional_prior.pt" if conditional else ".prior.pt"))
 
 
 def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -301,6 +372,9 @@ def resolve_prior(model, prior: str | LatentPrior | None = None) -> LatentPrior 
                              "tvcsp.prior.fit_prior, or use prior='normal')")
     else:
         raise UserInputError(f"prior must be one of {PRIORS} or a LatentPrior, got {prior!r}")
+    if chosen is not None and chosen.conditional:
+        raise UserInputError("a conditional prior draws latents for given compositions (structure prediction), "
+                             "not for generation")
     if chosen is not None and chosen.latent_dim != model.config.latent_dim:
         raise UserInputError(f"the prior draws {chosen.latent_dim}-dimensional latents, the model needs "
                          f"{model.config.latent_dim}")

@@ -156,6 +156,10 @@ class CrystalVAE(nn.Module):
     """The learned latent prior used to generate (a :class:`tvcsp.prior.LatentPrior`) or ``None`` (N(0, I)); set
     by :meth:`attach_prior` or by :func:`tvcsp.checkpoint.load_model` when a prior file lies beside the model."""
 
+    conditional_prior = None
+    """The composition-conditioned latent prior used for structure prediction (a conditional
+    :class:`tvcsp.prior.LatentPrior`) or ``None``; set like :attr:`latent_prior`."""
+
     def __init__(self, config: VAEConfig, stats: DatasetStats, scalers: Scalers):
         super().__init__()
         self.config, self.stats, self.scalers = config, stats, scalers
@@ -177,9 +181,11 @@ class CrystalVAE(nn.Module):
         self.register_buffer("lattice_std", scalers.lattice.std.float())
 
     def attach_prior(self, prior) -> None:
-        """Make ``prior`` (a :class:`tvcsp.prior.LatentPrior` or ``None``) this model's generation prior. It is kept
-        outside the module tree: the VAE's ``state_dict``, fingerprint and checkpoints do not change."""
-        self.__dict__["latent_prior"] = prior
+        """Make ``prior`` (a :class:`tvcsp.prior.LatentPrior` or ``None``) this model's generation prior, or, when
+        it is conditional, its structure-prediction prior (:attr:`conditional_prior`); ``None`` removes the
+        generation prior. Priors are kept outside the module tree: the VAE's ``state_dict``, fingerprint and
+        checkpoints do not change."""
+        self.__dict__["conditional_prior" if getattr(prior, "conditional", False) else "latent_prior"] = prior
 
     # -- encoder side -------------------------------------------------------------------------------------
     def encode(self, batch, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
