@@ -469,10 +469,11 @@ def test_divergence_stop_ends_a_collapsed_run_and_keeps_its_counts(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_decoder_computes_the_same_loss_and_gradients(toy):
-    """compile_decoder changes how the step runs, not what it computes: the loss and every gradient of a step agree
-    to float round-off (after many Adam steps the weights need not: Adam turns round-off in a near-zero gradient
-    into a full step)."""
+@pytest.mark.parametrize("setting", ["compile_decoder", "compile_encoder"])
+def test_compiled_modules_compute_the_same_loss_and_gradients(toy, setting):
+    """compile_decoder and compile_encoder change how the step runs, not what it computes: the loss and every
+    gradient of a step agree to float round-off (after many Adam steps the weights need not: Adam turns round-off in
+    a near-zero gradient into a full step)."""
     import copy
 
     from tvcsp.train import TrainConfig, TVCSPModule
@@ -482,7 +483,7 @@ def test_compiled_decoder_computes_the_same_loss_and_gradients(toy):
     batch = next(iter(DataLoader(CrystalDataset(train_set, model.scalers), batch_size=4)))
     results = []
     for compiled in (False, True):
-        module = TVCSPModule(copy.deepcopy(model), TrainConfig(compile_decoder=compiled), info.label)
+        module = TVCSPModule(copy.deepcopy(model), TrainConfig(**{setting: compiled}), info.label)
         torch.manual_seed(0)
         loss = module.model(batch, teacher_forcing=False)["loss"]
         loss.backward()
@@ -492,3 +493,34 @@ def test_compiled_decoder_computes_the_same_loss_and_gradients(toy):
     assert torch.allclose(loss_a, loss_b, rtol=1e-5)
     assert grads_a.keys() == grads_b.keys()
     assert all(torch.allclose(grads_a[k], grads_b[k], rtol=1e-3, atol=1e-6) for k in grads_a)
+
+
+def test_flush_denormal_holds_while_fitting_and_leaves_the_step_as_it_was(toy):
+    """flush_denormal changes how the CPU treats floats below 1.2e-38, not what a step computes: the loss and every
+    gradient of a step agree; the flag holds from on_fit_start to on_fit_end only."""
+    import copy
+
+    from tvcsp.train import TrainConfig, TVCSPModule
+
+    info, root = toy
+    model, train_set = tiny_model(info, root)
+    batch = next(iter(DataLoader(CrystalDataset(train_set, model.scalers), batch_size=4)))
+    denormal = 1e-39  # float32 keeps it as a denormal, a flushing CPU reads it as 0
+    results = []
+    for flush in (False, True):
+        module = TVCSPModule(copy.deepcopy(model), TrainConfig(flush_denormal=flush), info.label)
+        module.on_fit_start()
+        try:
+            assert (torch.tensor([denormal]).item() == 0.0) == flush
+            torch.manual_seed(0)
+            loss = module.model(batch, teacher_forcing=False)["loss"]
+            loss.backward()
+        finally:
+            module.on_fit_end()
+        assert torch.tensor([denormal]).item() > 0.0
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in module.model.named_parameters()
+                                         if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    assert all(torch.allclose(grads_a[k], grads_b[k], rtol=1e-5, atol=1e-30) for k in grads_a)

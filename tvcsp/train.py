@@ -90,6 +90,8 @@ class TrainConfig:
     divergence_factor: float | None = 1.5
     divergence_patience: int = 3
     compile_decoder: bool = False
+    compile_encoder: bool = False
+    flush_denormal: bool = False
 
     def __post_init__(self):
         if self.select_by not in SELECTION_METRICS:
@@ -248,6 +250,8 @@ class TVCSPModule(L.LightningModule):
         self.ema = copy.deepcopy(model).requires_grad_(False) if train_config.ema_decay > 0 else None
         if train_config.compile_decoder:  # in place: the state dict keeps its keys (benchmarks/RESULTS.md)
             model.decoder.compile()
+        if train_config.compile_encoder:  # the parts Dynamo can trace, also in place
+            model.encoder.compile_parts()
         self.epoch_batches, self.restored = 0, None  # restored: the checkpoint's "epoch_batches", until an epoch ends
 
     @property
@@ -261,6 +265,17 @@ class TVCSPModule(L.LightningModule):
         :class:`LastCheckpoint` written at a step's end would hold the average of the step before."""
         super().optimizer_step(*args, **kwargs)
         self._update_average()
+
+    def on_fit_start(self) -> None:
+        """With ``flush_denormal``, flush denormal floats (below 1.2e-38 in float32) to zero while the run fits:
+        on a CPU whose arithmetic slows down on them, a trained model's step is measurably faster
+        (benchmarks/RESULTS.md); restored by :meth:`on_fit_end`."""
+        if self.train_config.flush_denormal:
+            torch.set_flush_denormal(True)
+
+    def on_fit_end(self) -> None:
+        if self.train_config.flush_denormal:
+            torch.set_flush_denormal(False)
 
     def on_train_start(self) -> None:
         """Set the cosine schedule's lr for the current step. Lightning updates step-wise schedulers after the
@@ -604,7 +619,7 @@ def _stored_config(meta: dict) -> dict:
 RESUME_FREE = (
     "max_epochs", "max_steps", "max_time", "accelerator", "devices", "num_nodes", "num_workers", "tensorboard",
     "checkpoint_every_n_steps", "ema_decay", "init_from", "session_limit_s", "divergence_factor",
-    "divergence_patience", "compile_decoder",
+    "divergence_patience", "compile_decoder", "compile_encoder", "flush_denormal",
 )
 """TrainConfig fields a resumed run may change, field by field, as they leave its trajectory (the weights step by
 step, the validation numbers, the selected model) alone:
@@ -619,7 +634,9 @@ step, the validation numbers, the selected model) alone:
 * ``init_from``: read only when a run starts;
 * ``session_limit_s``: when this process stops (:class:`LastCheckpoint`), not where the run is going;
 * ``divergence_factor``, ``divergence_patience``: when a diverged run is stopped (:class:`DivergenceStop`);
-* ``compile_decoder``: how the decoder runs, not what it computes (float round-off apart);
+* ``compile_decoder``, ``compile_encoder``: how the decoder and the encoder's radial networks and tensor products
+  run, not what they compute (float round-off apart);
+* ``flush_denormal``: how the CPU treats floats below 1.2e-38 (as zero), not what a step computes above them;
 * and, added by :func:`resume_settings`: ``lr_factor`` and ``lr_patience`` under the cosine schedule, which does
   not read them; the ``probe_*`` settings (:data:`PROBE_SETTINGS`) unless ``select_by`` is a probe metric (they
   shape the probe curve, not the weights).

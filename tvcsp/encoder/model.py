@@ -15,7 +15,7 @@ from .block import TransformerBlock
 from .config import EncoderConfig
 from .edges import EdgeFeatures, EdgeFeaturizer
 from .embedding import AtomEmbedding, EdgeDegreeEmbedding
-from .layers import EquivariantLayerNorm
+from .layers import DepthwiseTensorProduct, EquivariantLayerNorm, RadialMLP
 
 __all__ = ["LatentReadout", "TransformerEncoder"]
 
@@ -179,3 +179,13 @@ class TransformerEncoder(nn.Module):
         edges = self.edges(frac_coords, lattice, num_atoms)
         x = self.blocks[-1](self._equivariant_features(atom_types, edges), edges)
         return self.readout(self.norm(x), num_atoms, self.avg_num_atoms)
+
+    def compile_parts(self) -> int:
+        """``torch.compile`` (in place, dynamic shapes) the encoder's per-edge radial networks and depthwise tensor
+        products; returns how many modules were compiled. Whole blocks do not compile: Dynamo's guards call
+        ``len()`` on e3nn's Irreps, which refuses. The parts are exact to float round-off and make a training step
+        of the trained perov_5 model about 1.1× faster on one CPU thread (benchmarks/RESULTS.md)."""
+        parts = [m for m in self.modules() if isinstance(m, (RadialMLP, DepthwiseTensorProduct))]
+        for module in parts:
+            module.compile(dynamic=True)
+        return len(parts)
