@@ -91,7 +91,7 @@ class TrainConfig:
     divergence_patience: int = 3
     compile_decoder: bool = False
     compile_encoder: bool = False
-    flush_denormal: bool = False
+    flush_denormal: bool = True
 
     def __post_init__(self):
         if self.select_by not in SELECTION_METRICS:
@@ -269,13 +269,12 @@ class TVCSPModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """With ``flush_denormal``, flush denormal floats (below 1.2e-38 in float32) to zero while the run fits:
         on a CPU whose arithmetic slows down on them, a trained model's step is measurably faster
-        (benchmarks/RESULTS.md); restored by :meth:`on_fit_end`."""
-        if self.train_config.flush_denormal:
-            torch.set_flush_denormal(True)
+        (benchmarks/RESULTS.md); without it, they are kept. Restored (kept) by :meth:`on_fit_end`, and by
+        :func:`train` when a fit ends early."""
+        torch.set_flush_denormal(self.train_config.flush_denormal)
 
     def on_fit_end(self) -> None:
-        if self.train_config.flush_denormal:
-            torch.set_flush_denormal(False)
+        torch.set_flush_denormal(False)
 
     def on_train_start(self) -> None:
         """Set the cosine schedule's lr for the current step. Lightning updates step-wise schedulers after the
@@ -833,6 +832,8 @@ def train(
         for logger in trainer.loggers:  # the metrics logged since the loggers' last write
             logger.save()
         warnings.warn(f"{stop}: last.ckpt is saved; resume=True continues the run", stacklevel=2)
+    finally:  # a fit that ends early skips on_fit_end: denormals must not stay flushed in the caller's process
+        torch.set_flush_denormal(False)
     if not trainer.is_global_zero:  # the other processes of a distributed run: rank 0 writes the outputs
         return TrainResult(run_dir, run_dir / "model.pt", Path(checkpoints.best_model_path or last))
 
