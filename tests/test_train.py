@@ -469,6 +469,14 @@ def test_divergence_stop_ends_a_collapsed_run_and_keeps_its_counts(tmp_path):
         make_configs("perov_5", "cpu", divergence_factor=0.9)
 
 
+def loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one seeded training forward pass and every parameter's gradient after its backward pass."""
+    torch.manual_seed(0)
+    loss = model(batch, teacher_forcing=False)["loss"]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", ["compile_decoder", "compile_encoder"])
 def test_compiled_modules_compute_the_same_loss_and_gradients(toy, setting):
@@ -485,11 +493,7 @@ def test_compiled_modules_compute_the_same_loss_and_gradients(toy, setting):
     results = []
     for compiled in (False, True):
         module = TVCSPModule(copy.deepcopy(model), TrainConfig(**{setting: compiled}), info.label)
-        torch.manual_seed(0)
-        loss = module.model(batch, teacher_forcing=False)["loss"]
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in module.model.named_parameters()
-                                         if p.grad is not None}))
+        results.append(loss_and_gradients(module.model, batch))
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.allclose(loss_a, loss_b, rtol=1e-5)
     assert grads_a.keys() == grads_b.keys()
@@ -513,14 +517,10 @@ def test_flush_denormal_holds_while_fitting_and_leaves_the_step_as_it_was(toy):
         module.on_fit_start()
         try:
             assert (torch.tensor([denormal]).item() == 0.0) == flush
-            torch.manual_seed(0)
-            loss = module.model(batch, teacher_forcing=False)["loss"]
-            loss.backward()
+            results.append(loss_and_gradients(module.model, batch))
         finally:
             module.on_fit_end()
         assert torch.tensor([denormal]).item() > 0.0
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in module.model.named_parameters()
-                                         if p.grad is not None}))
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.allclose(loss_a, loss_b, rtol=1e-6)
     assert grads_a.keys() == grads_b.keys()
