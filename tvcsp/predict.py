@@ -202,14 +202,15 @@ def draw_latents(model: CrystalVAE, counts: torch.Tensor, num_atoms: torch.Tenso
     Raises:
         UserInputError: ``"conditional"`` for a model without a conditional prior.
     """
+    name = prior_used(model, prior)
+    if name != "conditional":
+        return sample_latents(model, len(counts), resolve_prior(model, name), generator, counts.device)
     conditional = getattr(model, "conditional_prior", None)
-    if prior == "conditional" and conditional is None:
+    if conditional is None:
         raise UserInputError("prior='conditional' but this model has no conditional prior (fit one with "
                              "'tvcsp fit-prior MODEL --conditional', or use prior='learned')")
-    if conditional is not None and prior in (None, "conditional"):
-        features = composition_features(counts, num_atoms, model.config.max_atoms)
-        return conditional.to(counts.device).sample(len(counts), generator=generator, condition=features)
-    return sample_latents(model, len(counts), resolve_prior(model, prior), generator, counts.device)
+    features = composition_features(counts, num_atoms, model.config.max_atoms)
+    return conditional.to(counts.device).sample(len(counts), generator=generator, condition=features)
 
 
 def search_latents(model: CrystalVAE, counts: torch.Tensor, num_atoms: torch.Tensor, n: int,
@@ -221,11 +222,10 @@ def search_latents(model: CrystalVAE, counts: torch.Tensor, num_atoms: torch.Ten
     """
     c, pool = counts.shape[0], n * settings.pool
     device = counts.device
-    drawn = draw_latents(model, counts.repeat_interleave(pool, 0), num_atoms.repeat_interleave(pool),
-                         settings.prior, generator)
+    pool_counts, pool_atoms = counts.repeat_interleave(pool, 0), num_atoms.repeat_interleave(pool)
+    drawn = draw_latents(model, pool_counts, pool_atoms, settings.prior, generator)
     with torch.no_grad():
-        scores = composition_log_likelihood(model, drawn, counts.repeat_interleave(pool, 0),
-                                            num_atoms.repeat_interleave(pool))
+        scores = composition_log_likelihood(model, drawn, pool_counts, pool_atoms)
     best = scores.view(c, pool).topk(n, dim=1).indices + torch.arange(c, device=device).unsqueeze(1) * pool
     start = drawn[best.flatten()]
     counts, num_atoms = counts.repeat_interleave(n, 0), num_atoms.repeat_interleave(n)
