@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from tvcsp.checkpoint import device_name, load_model, provenance
 from tvcsp.data import batch_ranges, load_split
 from tvcsp.metrics import any_of_n_metrics, evaluate_crystals, match_rms, split_crystal_arrays, to_jsonable
-from tvcsp.predict import PREDICT_PRIORS, PredictSettings, parse_target, predict_batch, prior_used
+from tvcsp.predict import PREDICT_PRIORS, PredictSettings, parse_target, pool_used, predict_batch, prior_used
 from tvcsp.sampling import SamplerSettings
 from tvcsp.tasks import batch_seed, model_fingerprint
 
@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="the first N crystals of the split (0: all)")
     parser.add_argument("--n-samples", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=200, help="compositions per batch")
-    parser.add_argument("--pool", type=int, default=PredictSettings().pool)
+    parser.add_argument("--pool", type=int, help="prior latents per candidate (default: 1 from the conditional prior, "
+                        "else 16)")
     parser.add_argument("--latent-steps", type=int, default=PredictSettings().latent_steps)
     parser.add_argument("--ranking", default=PredictSettings().ranking)
     parser.add_argument("--prior", choices=PREDICT_PRIORS, help="default: the model's conditional prior, else its "
@@ -144,7 +145,7 @@ def main() -> None:
         "seconds_this_call": time.perf_counter() - start,
     }
     labels = {"dataset": crystals.meta.get("dataset"), **run, "subset": f"first {len(crystals)} of {args.split}",
-              "prior": prior_used(model, args.prior),
+              "prior": prior_used(model, args.prior), "pool": pool_used(model, settings),
               "checkpoint": args.model, "device": device_name("cpu"), "threads": args.threads,
               "workers": args.workers, "processes": 1, **provenance()}
     (args.out / "csp.json").write_text(json.dumps(to_jsonable({"labels": labels, "metrics": report}), indent=1))

@@ -107,6 +107,7 @@ def test_write_predictions_is_rerunnable_and_refuses_other_settings(tiny, tmp_pa
     saved = json.loads((out / "predictions.json").read_text())
     assert saved["settings"]["n"] == 2 and saved["settings"]["ranking"] == QUICK.ranking
     assert saved["settings"]["prior_used"] == "normal"  # the tiny model has no learned prior
+    assert saved["settings"]["pool_used"] == QUICK.pool == 2
     with pytest.raises(ValueError, match="other settings"):
         write_predictions(tiny, ["BaTiO3"], out, 3, QUICK, seed=0, progress=False)
 
@@ -121,7 +122,7 @@ def test_cli_predict_writes_ranked_cifs_and_refuses_unknown_elements(tiny, tmp_p
     saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert [e["rank"] for e in saved["formulas"]["BaTiO3"]] == [0, 1]
     printed = capsys.readouterr().out
-    assert "BaTiO3: best" in printed and "latents from N(0, I)" in printed
+    assert "BaTiO3: best" in printed and "latents from N(0, I) (pool 2 per candidate)" in printed
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", str(path), "UO2", "--out", str(tmp_path / "bad")])
     assert exit_info.value.code == 2 and "never saw U" in capsys.readouterr().err
@@ -130,10 +131,12 @@ def test_cli_predict_writes_ranked_cifs_and_refuses_unknown_elements(tiny, tmp_p
 def test_a_conditional_prior_draws_for_each_target_composition(tiny):
     import dataclasses
 
-    from tvcsp.predict import draw_latents, prior_used
+    from tvcsp.predict import POOL, draw_latents, pool_used, prior_used
     from tvcsp.prior import FlowPriorConfig, composition_features, fit_prior
 
-    assert prior_used(tiny, None) == "normal"
+    assert prior_used(tiny, None) == "normal" and pool_used(tiny, PredictSettings()) == POOL == 16
+    with pytest.raises(ValueError, match="pool must be"):
+        PredictSettings(pool=0)
     counts = torch.zeros(2, tiny.fc_composition[-1].out_features)
     counts[0, [10, 16]] = 2.0  # Na2Cl2
     counts[1, 10] = 4.0  # Na4
@@ -153,6 +156,9 @@ def test_a_conditional_prior_draws_for_each_target_composition(tiny):
     tiny.attach_prior(prior)
     try:
         assert tiny.conditional_prior is prior and tiny.latent_prior is None and prior_used(tiny, None) == "conditional"
+        # the conditional prior draws for the composition: one draw per candidate unless a pool is asked for
+        assert pool_used(tiny, PredictSettings()) == 1 and pool_used(tiny, PredictSettings(pool=8)) == 8
+        assert pool_used(tiny, PredictSettings(prior="learned")) == POOL
         z = draw_latents(tiny, counts.repeat(50, 1), num_atoms.repeat(50), None, torch.Generator().manual_seed(1))
         assert float(z[0::2].mean()) > 1.0 > -1.0 > float(z[1::2].mean())
         normal = draw_latents(tiny, counts, num_atoms, "normal", torch.Generator().manual_seed(1))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .data import SPLITS, DatasetInfo, get_dataset, load_split, load_stats
 from .errors import UserInputError
-from .predict import PREDICT_PRIORS, RANKINGS, PredictSettings
+from .predict import POOL, PREDICT_PRIORS, RANKINGS, PredictSettings
 from .sampling import PRECISIONS, SAMPLER_PRESETS, UPDATES, SamplerSettings
 from .stoichiometry import COMPOSITION_RULES
 
@@ -295,7 +295,7 @@ def _predict(args: argparse.Namespace) -> None:
         best = entries[0]
         print(f"{formula}: best {best['file']} (score {best['score']:.3f}, {best['space_group']})")
     print(f"{len(record['formulas'])} formulas in {Path(args.out) / 'predictions.json'}; latents from "
-          f"{PRIOR_WORDS[record['settings']['prior_used']]}")
+          f"{PRIOR_WORDS[record['settings']['prior_used']]} (pool {record['settings']['pool_used']} per candidate)")
 
 
 def _fit_prior(args: argparse.Namespace) -> None:
@@ -497,7 +497,8 @@ def main(argv: list[str] | None = None) -> None:
                                                    "(rerun to add formulas; finished ones are kept)")
     pred.add_argument("--n-samples", type=_positive, default=20, help="candidates per formula (20)")
     pred.add_argument("--pool", type=_positive, default=PREDICT_DEFAULTS.pool,
-                      help=f"prior latents drawn per candidate, the likeliest kept ({PREDICT_DEFAULTS.pool})")
+                      help=f"prior latents drawn per candidate, the likeliest kept (default: 1 from the conditional "
+                           f"prior, else {POOL})")
     pred.add_argument("--latent-steps", type=int, default=PREDICT_DEFAULTS.latent_steps,
                       help=f"gradient steps on the latents towards the composition ({PREDICT_DEFAULTS.latent_steps})")
     pred.add_argument("--ranking", choices=RANKINGS, default=PREDICT_DEFAULTS.ranking,
